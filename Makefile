@@ -1,0 +1,61 @@
+# transfer-suite: every target sets up the environment first (tools/setup.sh, seconds when done).
+PY      := .venv/bin/python
+PROFILE ?= tiny
+ARGS    ?=
+DATA_ROOT ?=
+STUDY   ?= segmentation
+PARTITION ?=
+NODES   ?= 1
+GPUS_PER_NODE ?= 0
+TIME    ?= 04:00:00
+DRY_RUN ?=
+RUN     = $(PY) -m benchmarks
+DATA_ARG = $(if $(DATA_ROOT),--data-root $(DATA_ROOT),)
+SLURM_ARGS = --partition "$(PARTITION)" --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --time $(TIME) $(if $(DRY_RUN),--dry-run,)
+STUDIES := segmentation finetune transfer maml
+
+.PHONY: help install test test-slurm lint perf report slurm-status clean \
+        $(addprefix bench-,$(STUDIES)) $(addprefix slurm-,$(STUDIES))
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-20s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=tiny|smoke|paper DATA_ROOT=/data ARGS='--set key=value' STUDY=<study>"
+
+install: ## set up .venv (pinned packages, learn2learn for Python 3.11, Debian data packages)
+	@bash tools/setup.sh
+
+test: install ## the whole test suite (SLURM tests run when a SLURM is up, else skip with a reason)
+	$(PY) -m pytest -q
+
+test-slurm: install ## only the tests that need a running SLURM (tools/start_slurm.sh starts one)
+	$(PY) -m pytest -q -m slurm
+
+lint: install ## ruff
+	$(PY) -m ruff check .
+
+perf: install ## performance vs peers side by side (ratios, medians); writes results/perf.json
+	$(PY) -m benchmarks.perf $(ARGS)
+
+bench-segmentation: install ## study 1: which encoder to transfer, is a decoder worth transferring
+	$(RUN) segmentation --profile $(PROFILE) $(DATA_ARG) $(ARGS)
+
+bench-finetune: install ## study 2: head-only vs full fine-tuning, per-layer similarity
+	$(RUN) finetune --profile $(PROFILE) $(DATA_ARG) $(ARGS)
+
+bench-transfer: install ## study 4: block shuffle, CKA, barriers, criticality, checkpoints
+	$(RUN) transfer --profile $(PROFILE) $(DATA_ARG) $(ARGS)
+
+bench-maml: install ## study 3: MAML/ANIL representation change in the inner loop
+	$(RUN) maml --profile $(PROFILE) $(DATA_ARG) $(ARGS)
+
+slurm-%: install ## submit a study to SLURM (PARTITION= NODES= GPUS_PER_NODE= TIME= DRY_RUN=1)
+	$(RUN) slurm $* --profile $(PROFILE) $(DATA_ARG) $(SLURM_ARGS) $(ARGS)
+
+slurm-status: install ## pending / running / finished / failed runs of STUDY
+	$(RUN) status $(STUDY) --profile $(PROFILE) $(ARGS)
+
+report: install ## rebuild results/$(STUDY)/report.md from the finished runs
+	$(RUN) report $(STUDY) --profile $(PROFILE) $(ARGS)
+
+clean: ## remove results and caches of this checkout (keeps .venv and ~/.cache/transfer-suite)
+	rm -rf results .pytest_cache .ruff_cache lightning_logs wandb

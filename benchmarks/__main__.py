@@ -1,0 +1,138 @@
+"""Command line of the suite.
+
+    python -m benchmarks <study> [--profile tiny] [--set key=value ...] [--print-config]
+    python -m benchmarks rerun results/<study>/<run-key>     # one run alone, from its run.yaml
+    python -m benchmarks report <study>                      # rebuild the report from finished runs
+    python -m benchmarks status <study>                      # pending / running / finished / failed
+    python -m benchmarks slurm <study> [--dry-run] ...       # submit the grid to SLURM
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from benchmarks.errors import UserError
+
+USER_ERRORS = (UserError, FileNotFoundError, ValueError, KeyError)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="tiny", help="config profile: tiny (CPU, minutes), smoke, paper")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--data-root", default=os.environ.get("DATA_ROOT"), help="root of full-scale datasets")
+    p.add_argument("--results", default=None, help="results directory (default ./results or $TSUITE_RESULTS)")
+    p.add_argument("--devices", default="1", help="devices per node for Lightning (e.g. 2 for 2-process DDP)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--accelerator", default=os.environ.get("TSUITE_ACCELERATOR", "cpu"))
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    p.add_argument("--stage", default=None, help="run only this stage")
+    p.add_argument("--keys", default="", help="comma-separated run keys to run (SLURM array tasks use this)")
+    p.add_argument("--wandb", choices=["offline", "online"], default=None, help="W&B mode (default offline)")
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks of input errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from benchmarks.registry import STUDIES
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a benchmark (default command)")
+    run.add_argument("study", help=f"one of: {', '.join(STUDIES)}")
+    _add_run_options(run)
+    run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    rerun = sub.add_parser("rerun", help="re-run one run alone from its saved run.yaml")
+    rerun.add_argument("run_dir", type=Path)
+    rerun.add_argument("--results", default=None, help="write into this results dir instead (default: in place)")
+    rerun.add_argument("--traceback", action="store_true")
+    report = sub.add_parser("report", help="rebuild a study's report from its finished runs")
+    report.add_argument("study")
+    _add_run_options(report)
+    status = sub.add_parser("status", help="count and list runs by status")
+    status.add_argument("study")
+    _add_run_options(status)
+    slurm = sub.add_parser("slurm", help="submit a benchmark to SLURM as job arrays, one per stage")
+    slurm.add_argument("study")
+    _add_run_options(slurm)
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--nodes", type=int, default=1)
+    slurm.add_argument("--gpus-per-node", type=int, default=0)
+    slurm.add_argument("--cpus-per-task", type=int, default=2)
+    slurm.add_argument("--time", default="04:00:00")
+    slurm.add_argument("--mem", default=None)
+    slurm.add_argument("--dry-run", action="store_true", help="print the sbatch scripts, submit nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.registry import STUDIES
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STUDIES:
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "wandb", None):
+        os.environ["WANDB_MODE"] = args.wandb
+    try:
+        return dispatch(args)
+    except USER_ERRORS as err:
+        if getattr(args, "traceback", False):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {message}", file=sys.stderr)
+        print("(add --traceback for the full trace)", file=sys.stderr)
+        return 2
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from benchmarks import runner
+    from benchmarks.config import dump
+
+    if args.command == "rerun":
+        from benchmarks.rerun import rerun
+
+        return rerun(args.run_dir, args.results)
+    cfg = runner.resolve_config(args.study, args.profile, args.overrides, args.data_root)
+    launch = runner.Launch(results=args.results, devices=_devices(args.devices), num_nodes=args.num_nodes,
+                           accelerator=args.accelerator, strategy=args.strategy, stage=args.stage,
+                           keys=tuple(k for k in args.keys.split(",") if k))
+    if args.command == "run":
+        if args.print_config:
+            print(dump(cfg), end="")
+            return 0
+        return runner.run_benchmark(args.study, cfg, launch)
+    if args.command == "report":
+        from benchmarks.registry import get_study
+        from benchmarks.runstore import RunStore
+
+        path = get_study(args.study).report(cfg, RunStore(args.study, args.results))
+        print(f"report: {path}")
+        return 0
+    if args.command == "status":
+        from benchmarks.status import print_status
+
+        return print_status(args.study, cfg, launch)
+    if args.command == "slurm":
+        from benchmarks.slurm import submit_benchmark
+
+        return submit_benchmark(args, cfg, launch)
+    raise AssertionError(args.command)
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:  # a bug, not an input error: full trace
+        traceback.print_exc()
+        sys.exit(1)

@@ -1,0 +1,124 @@
+"""Run a whole benchmark: plan, skip what is finished, resume what was interrupted, report.
+
+Safe under DDP/SLURM multi-process launches: every rank plans the same runs and trains them
+together; only global rank 0 writes the run store. Ctrl-C marks the current run interrupted and
+keeps its last checkpoint; running the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+from benchmarks.config import apply_overrides, load_profile
+from benchmarks.registry import get_study
+from benchmarks.runstore import RunStore
+from benchmarks.study import Run, RunContext, global_rank
+from benchmarks.wandb_logger import sync_hint
+
+
+@dataclass
+class Launch:
+    """How to run: where results go and which devices to use."""
+
+    results: str | None = None
+    devices: int | str = 1
+    num_nodes: int = 1
+    accelerator: str = "cpu"
+    strategy: str = "auto"
+    stage: str | None = None
+    keys: tuple[str, ...] = ()
+
+
+def resolve_config(study: str, profile: str, overrides: list[str], data_root: str | None = None) -> dict:
+    cfg = load_profile(study, profile)
+    cfg = apply_overrides(cfg, overrides)
+    cfg["profile"] = profile
+    if data_root:
+        cfg["data_root"] = data_root
+    return cfg
+
+
+def select_runs(runs: list[Run], launch: Launch) -> list[Run]:
+    if launch.stage:
+        runs = [r for r in runs if r.stage == launch.stage]
+    if launch.keys:
+        runs = [r for r in runs if r.key in launch.keys]
+    return runs
+
+
+def say(message: str) -> None:
+    if global_rank() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _eta(done_seconds: list[float], remaining: int) -> str:
+    if not done_seconds or remaining == 0:
+        return ""
+    seconds = sum(done_seconds) / len(done_seconds) * remaining
+    return f" · ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def execute_run(study, run: Run, store: RunStore, launch: Launch) -> dict:
+    """Execute one run with status bookkeeping; return its metrics."""
+    writer = global_rank() == 0
+    if writer:
+        store.write_run_config(run.key, run.record())
+        store.set_status(run.key, "running")
+    ctx = RunContext(run=run, store=store, devices=launch.devices, num_nodes=launch.num_nodes,
+                     accelerator=launch.accelerator, strategy=launch.strategy)
+    start = time.time()
+    try:
+        metrics = study.execute(run, ctx)
+    except KeyboardInterrupt:
+        if writer:
+            store.set_status(run.key, "interrupted")
+        raise
+    except Exception as err:
+        if writer:
+            store.set_status(run.key, "failed", error=f"{type(err).__name__}: {err}",
+                             traceback=traceback.format_exc())
+        raise
+    finally:
+        ctx.close()
+    if writer:
+        store.finish(run.key, metrics, wall_seconds=time.time() - start)
+    return metrics
+
+
+def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
+    """Run every unfinished run of the plan, then write the report. Returns a process exit code."""
+    study = get_study(study_name)
+    store = RunStore(study_name, launch.results)
+    plan = study.plan(cfg)
+    runs = select_runs(plan, launch)
+    todo = [r for r in runs if not store.is_finished(r.key)]
+    stages = list(dict.fromkeys(r.stage for r in plan))
+    say(f"{study_name} · profile {cfg.get('profile')} · {len(runs)} runs in {len(stages)} stages · "
+        f"{len(runs) - len(todo)} already finished · results in {store.root}")
+    durations: list[float] = []
+    for index, run in enumerate(todo, 1):
+        resumed = " (resuming)" if store.status(run.key) in ("running", "interrupted", "failed") else ""
+        params = " ".join(f"{k}={v}" for k, v in run.params.items())
+        say(f"stage {stages.index(run.stage) + 1}/{len(stages)} {run.stage} · run {index}/{len(todo)} · "
+            f"{params}{resumed}{_eta(durations, len(todo) - index + 1)}")
+        start = time.time()
+        try:
+            metrics = execute_run(study, run, store, launch)
+        except KeyboardInterrupt:
+            say(f"interrupted: {run.key} keeps its last checkpoint; run the same command again to resume.")
+            return 130
+        durations.append(time.time() - start)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))[:160]
+        say(f"  done in {durations[-1]:.1f}s · {shown}")
+    if global_rank() != 0:
+        return 0
+    report = study.report(cfg, store)
+    for line in study.summary_lines(cfg, store):
+        print(line)
+    print(f"\nreport:  {report}")
+    print(f"figures: {report.parent}/figures/")
+    print(f"W&B offline runs: {store.root}/*/wandb/  (upload when online: {sync_hint(store.root)})")
+    return 0

@@ -1,0 +1,123 @@
+"""The run store: one directory per run, ``results/<study>/<run-key>/``, written atomically.
+
+A run directory holds ``run.yaml`` (study, stage, params, resolved config: enough to redo the run
+alone), ``status.json`` (pending/running/finished/failed/interrupted), ``metrics.json`` (final
+metrics, written last: its presence means finished), ``checkpoints/last.ckpt`` (resume point) and
+the W&B offline run. Nothing finished is ever overwritten or deleted by a re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATUSES = ("pending", "running", "interrupted", "failed", "finished")
+
+
+def results_root(explicit: str | os.PathLike | None = None) -> Path:
+    """Where results go: the argument, else ``$TSUITE_RESULTS``, else ``./results``."""
+    return Path(explicit or os.environ.get("TSUITE_RESULTS", "results")).resolve()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class RunStore:
+    """Directory-backed store of the runs of one study."""
+
+    def __init__(self, study: str, root: str | os.PathLike | None = None) -> None:
+        self.study = study
+        self.root = results_root(root) / study
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def run_dir(self, key: str) -> Path:
+        return self.root / key
+
+    def checkpoint_dir(self, key: str) -> Path:
+        return self.run_dir(key) / "checkpoints"
+
+    def last_checkpoint(self, key: str) -> Path | None:
+        path = self.checkpoint_dir(key) / "last.ckpt"
+        return path if path.exists() else None
+
+    def status(self, key: str) -> str:
+        if (self.run_dir(key) / "metrics.json").exists():
+            return "finished"
+        path = self.run_dir(key) / "status.json"
+        if not path.exists():
+            return "pending"
+        status = json.loads(path.read_text()).get("status", "pending")
+        # A "running" run whose process is gone was interrupted (Ctrl-C, kill, preemption).
+        return status
+
+    def is_finished(self, key: str) -> bool:
+        return self.status(key) == "finished"
+
+    def set_status(self, key: str, status: str, **extra: Any) -> None:
+        assert status in STATUSES, status
+        atomic_write_json(self.run_dir(key) / "status.json",
+                          {"status": status, "time": time.time(), "pid": os.getpid(), **extra})
+
+    def write_run_config(self, key: str, record: dict) -> Path:
+        path = self.run_dir(key) / "run.yaml"
+        atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
+        return path
+
+    def read_run_config(self, key: str) -> dict:
+        return yaml.safe_load((self.run_dir(key) / "run.yaml").read_text())
+
+    def finish(self, key: str, metrics: dict, wall_seconds: float) -> None:
+        """Write metrics.json (the mark of a finished run) and the final status."""
+        atomic_write_json(self.run_dir(key) / "metrics.json", {**metrics, "wall_seconds": wall_seconds})
+        self.set_status(key, "finished", wall_seconds=wall_seconds)
+
+    def metrics(self, key: str) -> dict:
+        return json.loads((self.run_dir(key) / "metrics.json").read_text())
+
+    def finished_runs(self, stage: str | None = None) -> list[dict]:
+        """Every finished run as {'key', 'stage', 'params', 'config', 'metrics', 'dir'}."""
+        rows = []
+        for metrics_path in sorted(self.root.glob("*/metrics.json")):
+            run_dir = metrics_path.parent
+            record = yaml.safe_load((run_dir / "run.yaml").read_text())
+            if stage is not None and record["stage"] != stage:
+                continue
+            rows.append({"key": run_dir.name, "stage": record["stage"], "params": record["params"],
+                         "config": record["config"], "metrics": json.loads(metrics_path.read_text()),
+                         "dir": run_dir})
+        return rows

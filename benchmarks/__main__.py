@@ -34,6 +34,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", default="", help="comma-separated run keys to run (SLURM array tasks use this)")
     p.add_argument("--wandb", choices=["offline", "online"], default=None, help="W&B mode (default offline)")
     p.add_argument("--traceback", action="store_true", help="show full tracebacks of input errors")
+    p.add_argument("--config", default=None, type=Path,
+                   help="a resolved config YAML (e.g. results/<study>/slurm/config.yaml) instead of --profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.registry import STUDIES
 
+    from benchmarks.registry import _extra_studies
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STUDIES:
+    if argv and (argv[0] in STUDIES or argv[0] in _extra_studies()):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     if getattr(args, "wandb", None):
@@ -97,7 +101,12 @@ def dispatch(args: argparse.Namespace) -> int:
         from benchmarks.rerun import rerun
 
         return rerun(args.run_dir, args.results)
-    cfg = runner.resolve_config(args.study, args.profile, args.overrides, args.data_root)
+    if args.config is not None:
+        from benchmarks.config import apply_overrides, load_yaml
+
+        cfg = apply_overrides(load_yaml(args.config), args.overrides)
+    else:
+        cfg = runner.resolve_config(args.study, args.profile, args.overrides, args.data_root)
     launch = runner.Launch(results=args.results, devices=_devices(args.devices), num_nodes=args.num_nodes,
                            accelerator=args.accelerator, strategy=args.strategy, stage=args.stage,
                            keys=tuple(k for k in args.keys.split(",") if k))

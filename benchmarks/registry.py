@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 
 from benchmarks.errors import unknown_name
 from benchmarks.study import Study
@@ -15,10 +17,17 @@ STUDIES: dict[str, str] = {
 }
 
 
+def _extra_studies() -> dict[str, str]:
+    """Studies added without editing this file: TSUITE_EXTRA_STUDIES="name=module:Class,..."."""
+    extra = os.environ.get("TSUITE_EXTRA_STUDIES", "")
+    return dict(item.split("=", 1) for item in extra.split(",") if "=" in item)
+
+
 def get_study(name: str) -> Study:
-    if name not in STUDIES:
+    studies = {**STUDIES, **_extra_studies()}
+    if name not in studies:
         raise unknown_name("study", name, STUDIES)
-    module_name, class_name = STUDIES[name].split(":")
+    module_name, class_name = studies[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

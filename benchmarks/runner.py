@@ -7,6 +7,7 @@ keeps its last checkpoint; running the same command again resumes it.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import traceback
@@ -72,10 +73,12 @@ def execute_run(study, run: Run, store: RunStore, launch: Launch) -> dict:
     start = time.time()
     try:
         metrics = study.execute(run, ctx)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown and ignores SIGINT from then on.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if writer:
             store.set_status(run.key, "interrupted")
-        raise
+        raise KeyboardInterrupt from None
     except Exception as err:
         if writer:
             store.set_status(run.key, "failed", error=f"{type(err).__name__}: {err}",

@@ -53,7 +53,7 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
 def finish_wandb() -> None:
     """Close the active W&B run so its file is complete before the next run starts."""
     if wandb.run is not None:
-        wandb.finish(quiet=True)
+        wandb.finish()
 
 
 def sync_hint(results_dir: Path) -> str:

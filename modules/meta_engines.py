@@ -152,7 +152,7 @@ class InnerLoop:
         return loss, accuracy
 
 
-def _leaves(params: Params, lrs: LearningRates) -> dict[str, torch.Tensor]:
+def meta_leaves(params: Params, lrs: LearningRates) -> dict[str, torch.Tensor]:
     """Every tensor that receives a meta-gradient: parameters and learned inner learning rates."""
     leaves = {name: p for name, p in params.items() if p.requires_grad}
     for name, lr in lrs.items():
@@ -172,7 +172,7 @@ class LoopEngine:
 
     def meta_step(self, inner: InnerLoop, params: Params, lrs: LearningRates, batch: TaskBatch,
                   steps: int, first_order: bool) -> MetaStep:
-        leaves = _leaves(params, lrs)
+        leaves = meta_leaves(params, lrs)
         names, tensors = list(leaves), list(leaves.values())
         grad_sum = [torch.zeros_like(t) for t in tensors]
         losses, accuracies = [], []
@@ -235,7 +235,7 @@ class VmapEngine:
     def meta_step(self, inner: InnerLoop, params: Params, lrs: LearningRates, batch: TaskBatch,
                   steps: int, first_order: bool) -> MetaStep:
         _require_elementary_norm(inner)
-        leaves = _leaves(params, lrs)
+        leaves = meta_leaves(params, lrs)
         names, tensors = list(leaves), list(leaves.values())
         task = self._task_fn(inner, params, lrs, steps, first_order)
         losses, accuracies = torch.func.vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)

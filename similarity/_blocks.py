@@ -1,0 +1,160 @@
+"""Blocked matrix products reduced to float64 scalars: the engine behind the CKA family.
+
+Linear CKA needs three numbers, ||Xc^T Yc||_F^2, ||Xc^T Xc||_F^2 and ||Yc^T Yc||_F^2 (Xc, Yc centred).
+Each can be computed in *feature space* (D x D products, cost ~N*D^2) or in *Gram space*
+(<Xc Xc^T, Yc Yc^T>, cost ~N^2*D); the cheaper one is picked from the shapes. Both are computed in
+blocks: every block product runs in the compute dtype (float32 at float32 speed) and is reduced at
+once into a float64 sum, so no N x N or D x D matrix is ever held whole and float32 never
+accumulates more than one block. Symmetric products (X^T X, X X^T) compute only the upper triangle
+of blocks, which saves about a third of the work of linear CKA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Block edge for products: large enough for BLAS to run at full speed, small enough that a block
+# (and its float64 reduction) stays a few tens of MB.
+BLOCK = 2048
+
+
+def sq64(a: Tensor) -> float:
+    """Sum of squares of a block, accumulated in float64."""
+    return float(torch.linalg.vector_norm(a, dtype=torch.float64)) ** 2
+
+
+def dot64(a: Tensor, b: Tensor) -> float:
+    """Frobenius inner product of two blocks, accumulated in float64."""
+    if a.dtype == torch.float64:
+        return float(torch.dot(a.reshape(-1), b.reshape(-1)))
+    return float(torch.sum(a * b, dtype=torch.float64))
+
+
+def _edges(n: int, block: int) -> list[tuple[int, int]]:
+    """Near-equal consecutive [start, stop) ranges of at most `block` covering range(n)."""
+    parts = max(1, -(-n // block))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def self_feature_sq(xc: Tensor, block: int = BLOCK) -> float:
+    """||Xc^T Xc||_F^2 from D x D blocks (upper triangle only)."""
+    edges = _edges(xc.shape[1], block)
+    total = 0.0
+    for i, (a0, a1) in enumerate(edges):
+        left = xc[:, a0:a1].T
+        for b0, b1 in edges[i:]:
+            total += (1.0 if b0 == a0 else 2.0) * sq64(left @ xc[:, b0:b1])
+    return total
+
+
+def cross_feature_sq(xc: Tensor, yc: Tensor, block: int = BLOCK) -> float:
+    """||Xc^T Yc||_F^2 from Dx x Dy blocks."""
+    total = 0.0
+    for a0, a1 in _edges(xc.shape[1], block):
+        left = xc[:, a0:a1].T
+        for b0, b1 in _edges(yc.shape[1], block):
+            total += sq64(left @ yc[:, b0:b1])
+    return total
+
+
+def gram_space_sums(xc: Tensor, yc: Tensor, block: int = BLOCK) -> tuple[float, float, float]:
+    """(<K, L>, ||K||^2, ||L||^2) for K = Xc Xc^T, L = Yc Yc^T from N x N blocks (upper triangle only)."""
+    edges = _edges(xc.shape[0], block)
+    xy = xx = yy = 0.0
+    for i, (a0, a1) in enumerate(edges):
+        xa, ya = xc[a0:a1], yc[a0:a1]
+        for b0, b1 in edges[i:]:
+            weight = 1.0 if b0 == a0 else 2.0
+            k, l_ = xa @ xc[b0:b1].T, ya @ yc[b0:b1].T
+            xy += weight * dot64(k, l_)
+            xx += weight * sq64(k)
+            yy += weight * sq64(l_)
+    return xy, xx, yy
+
+
+def self_gram_sq(xc: Tensor, block: int = BLOCK) -> float:
+    """||Xc Xc^T||_F^2 from N x N blocks (upper triangle only)."""
+    edges = _edges(xc.shape[0], block)
+    total = 0.0
+    for i, (a0, a1) in enumerate(edges):
+        xa = xc[a0:a1]
+        for b0, b1 in edges[i:]:
+            total += (1.0 if b0 == a0 else 2.0) * sq64(xa @ xc[b0:b1].T)
+    return total
+
+
+def feature_cost(n: int, dx: int, dy: int) -> float:
+    """Multiply-adds of the feature-space route for all three sums."""
+    return n * (dx * dx / 2 + dy * dy / 2 + dx * dy)
+
+
+def gram_cost(n: int, dx: int, dy: int) -> float:
+    """Multiply-adds of the Gram-space route for all three sums."""
+    return n * n * (dx + dy) / 2
+
+
+def linear_sums(xc: Tensor, yc: Tensor) -> tuple[float, float, float]:
+    """(||Xc^T Yc||^2, ||Xc^T Xc||^2, ||Yc^T Yc||^2) in float64 by the cheaper route for these shapes."""
+    n, dx, dy = xc.shape[0], xc.shape[1], yc.shape[1]
+    if feature_cost(n, dx, dy) <= gram_cost(n, dx, dy):
+        return cross_feature_sq(xc, yc), self_feature_sq(xc), self_feature_sq(yc)
+    return gram_space_sums(xc, yc)
+
+
+def self_sq(xc: Tensor) -> float:
+    """||Xc^T Xc||_F^2 = ||Xc Xc^T||_F^2 by the cheaper route (D x D when D <= N, else N x N)."""
+    return self_feature_sq(xc) if xc.shape[1] <= xc.shape[0] else self_gram_sq(xc)
+
+
+def gram(xc: Tensor, block: int = BLOCK) -> Tensor:
+    """The full N x N Gram matrix Xc Xc^T in Xc's dtype, computing only the upper triangle of blocks."""
+    n = xc.shape[0]
+    out = torch.empty(n, n, dtype=xc.dtype, device=xc.device)
+    edges = _edges(n, block)
+    for i, (a0, a1) in enumerate(edges):
+        xa = xc[a0:a1]
+        for b0, b1 in edges[i:]:
+            blk = xa @ xc[b0:b1].T
+            out[a0:a1, b0:b1] = blk
+            if b0 != a0:
+                out[b0:b1, a0:a1] = blk.T
+    return out
+
+
+def row_sums64(k: Tensor, block: int = BLOCK) -> Tensor:
+    """Row sums of an N x N matrix accumulated in float64."""
+    return torch.cat([k[a0:a1].sum(1, dtype=torch.float64) for a0, a1 in _edges(k.shape[0], block)])
+
+
+def centred_gram_sums(k: Tensor, l_: Tensor, *, debiased: bool,
+                      block: int = BLOCK) -> tuple[float, float, float]:
+    """(<Kc, Lc>, ||Kc||^2, ||Lc||^2) for explicitly centred kernels, all in float64.
+
+    Biased: Kc = H K H (Kornblith et al. 2019). Debiased: Kc is the U-centred K (zero diagonal;
+    Song et al. 2012 / Szekely & Rizzo 2014), whose inner product is n(n-3) times the unbiased HSIC.
+    The centring is applied block by block in float64, so a kernel stored in float32 loses nothing
+    to the cancellation between K and its means.
+    """
+    n = k.shape[0]
+    kd, ld = k.diagonal().to(torch.float64), l_.diagonal().to(torch.float64)
+    rk, rl = row_sums64(k, block), row_sums64(l_, block)
+    if debiased:
+        rk, rl = rk - kd, rl - ld
+        mk, ml = rk.sum() / ((n - 1) * (n - 2)), rl.sum() / ((n - 1) * (n - 2))
+        rk, rl = rk / (n - 2), rl / (n - 2)
+    else:
+        mk, ml = rk.sum() / n**2, rl.sum() / n**2
+        rk, rl = rk / n, rl / n
+    xy = xx = yy = 0.0
+    for a0, a1 in _edges(n, block):
+        kb = k[a0:a1].to(torch.float64) - rk[a0:a1, None] - rk[None, :] + mk
+        lb = l_[a0:a1].to(torch.float64) - rl[a0:a1, None] - rl[None, :] + ml
+        if debiased:
+            kb.diagonal(offset=a0).zero_()
+            lb.diagonal(offset=a0).zero_()
+        xy += float(torch.dot(kb.reshape(-1), lb.reshape(-1)))
+        xx += float(torch.dot(kb.reshape(-1), kb.reshape(-1)))
+        yy += float(torch.dot(lb.reshape(-1), lb.reshape(-1)))
+    return xy, xx, yy

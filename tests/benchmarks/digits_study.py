@@ -1,0 +1,88 @@
+"""A small real study for testing the runner, resume and SLURM: sklearn digits, a linear model.
+
+Two stages (pretrain -> finetune, the second needs the first) x seeds. ``epoch_delay`` slows epochs
+down so that a test can signal a running job. Registered through TSUITE_EXTRA_STUDIES in tests.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from benchmarks.study import Run, RunContext, Study
+
+REGISTRATION = "digits=tests.benchmarks.digits_study:DigitsStudy"
+
+
+class DigitsModel(L.LightningModule):
+    def __init__(self, lr: float = 0.05, epoch_delay: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Linear(64, 10)
+        self.lr, self.epoch_delay = lr, epoch_delay
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_end(self):
+        time.sleep(self.epoch_delay)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def digits_loader() -> DataLoader:
+    x, y = load_digits(return_X_y=True)
+    data = TensorDataset(torch.tensor(x[:512] / 16.0, dtype=torch.float32), torch.tensor(y[:512]))
+    return DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+class Interrupt(L.Callback):
+    """Simulates Ctrl-C at the end of a given epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class DigitsStudy(Study):
+    name = "digits"
+    interrupt_at: int | None = None
+    executed: list[str] = []
+
+    def plan(self, cfg):
+        stage_cfg = {"epochs": cfg["epochs"], "lr": 0.05, "epoch_delay": cfg.get("epoch_delay", 0.0)}
+        pre = [Run("digits", "pretrain", {"seed": s}, stage_cfg) for s in cfg["seeds"]]
+        post = [Run("digits", "finetune", {"seed": s}, {"epochs": 2}, needs=(p.key,))
+                for s, p in zip(cfg["seeds"], pre)]
+        return pre + post
+
+    def execute(self, run: Run, ctx: RunContext):
+        L.seed_everything(ctx.seed)
+        self.executed.append(run.key)
+        model = DigitsModel(run.config.get("lr", 0.05), run.config.get("epoch_delay", 0.0))
+        for key in run.needs:
+            model.load_state_dict(torch.load(ctx.output_of(key) / "model.pt"))
+        callbacks = [Interrupt(self.interrupt_at)] if self.interrupt_at is not None else []
+        trainer = ctx.trainer(max_epochs=run.config["epochs"], callbacks=callbacks)
+        trainer.fit(model, digits_loader(), ckpt_path=ctx.resume_path())
+        if trainer.global_rank == 0:
+            torch.save(model.state_dict(), ctx.run_dir / "model.pt")
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return {"train_loss": float(trainer.callback_metrics["train/loss"]), "epochs": trainer.current_epoch,
+                "weight_norm": float(weights.norm())}
+
+    def report(self, cfg, store):
+        path = store.root / "report.md"
+        path.write_text(f"{len(store.finished_runs())} runs\n")
+        return path

@@ -1,0 +1,97 @@
+"""Tiny CPU models, data and trainers shared by the callback tests (and picklable for ddp_spawn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from modules.nets.conv4 import CONV4_LAYERS, Conv4
+
+IMAGE_SIZE = 16
+NUM_CLASSES = 4
+
+
+class TinyClassifier(LightningModule):
+    """Conv4 (8 channels, 16x16 inputs) that names its watch layers; ``frozen`` modules never train."""
+
+    def __init__(self, norm: bool = True, frozen: tuple[str, ...] = (), lr: float = 0.1,
+                 seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = Conv4(NUM_CLASSES, in_channels=1, hidden=8, image_size=IMAGE_SIZE, norm=norm)
+        self.frozen, self.lr = tuple(frozen), lr
+        for name in self.frozen:
+            self.get_submodule(name).requires_grad_(False)
+        self.train()  # Lightning keeps the modes it finds: put frozen blocks in eval from the start
+
+    def default_watch_layers(self) -> list[str]:
+        return [f"net.{name}" for name in CONV4_LAYERS]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:  # frozen blocks keep their BN statistics too
+            self.get_submodule(name).eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9)
+
+
+def blob_images(n: int = 64, seed: int = 0) -> TensorDataset:
+    """A learnable 4-class set: a bright square in the quadrant of the class, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    images = 0.3 * torch.randn(n, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    half = IMAGE_SIZE // 2
+    for i, label in enumerate(labels.tolist()):
+        r, c = divmod(label, 2)
+        images[i, 0, r * half + 2: r * half + 6, c * half + 2: c * half + 6] += 1.0
+    return TensorDataset(images, labels)
+
+
+def loader(n: int = 64, seed: int = 0, batch_size: int = 16, shuffle: bool = False) -> DataLoader:
+    return DataLoader(blob_images(n, seed), batch_size=batch_size, shuffle=shuffle)
+
+
+def wandb_logger(save_dir: Path, run_id: str = "cbtest") -> WandbLogger:
+    return WandbLogger(project="callbacks-tests", id=run_id, save_dir=str(save_dir), offline=True,
+                       log_model=False)
+
+
+def make_trainer(root: Path, callbacks: list, *, epochs: int = 2, logger=None, **kwargs) -> Trainer:
+    options = dict(default_root_dir=str(root), max_epochs=epochs, accelerator="cpu", devices=1,
+                   logger=logger if logger is not None else False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                   num_sanity_val_steps=0)
+    options.update(kwargs)
+    return Trainer(**options)
+
+
+def read_wandb(root: Path):
+    """Finish the active W&B run and read the one offline run under ``root`` back."""
+    import wandb
+
+    from benchmarks.wandb_reader import find_offline_runs, read_offline_run
+
+    wandb.finish()
+    runs = find_offline_runs(root)
+    assert len(runs) == 1, runs
+    return read_offline_run(runs[0])
+
+
+def media_types(run) -> dict[str, str]:
+    """W&B media logged in a run read back: key -> "_type" (the reader flattens media to "<key>/_type")."""
+    return {key.removesuffix("/_type"): value for row in run.history for key, value in row.items()
+            if key.endswith("/_type")}

@@ -72,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.registry import STUDIES
-
-    from benchmarks.registry import _extra_studies
+    from benchmarks.registry import STUDIES, _extra_studies
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and (argv[0] in STUDIES or argv[0] in _extra_studies()):
@@ -101,6 +99,9 @@ def dispatch(args: argparse.Namespace) -> int:
         from benchmarks.rerun import rerun
 
         return rerun(args.run_dir, args.results)
+    from benchmarks.registry import check_study
+
+    check_study(args.study)
     if args.config is not None:
         from benchmarks.config import apply_overrides, load_yaml
 

@@ -252,7 +252,7 @@ def _similarity_callbacks(run_dir: Path, probe: Dataset, references: dict, sim_c
     trackers = {}
     for measure in sim_cfg["measures"]:
         out_dir = run_dir / f"similarity_{measure}"
-        tracker = SimilarityTracker(references, measure, snapshots=snapshot, prefix=measure, heatmaps="end",
+        tracker = SimilarityTracker(references, measure, snapshots=snapshot, prefix=measure, heatmaps="never",
                                     out_dir=out_dir)
         previous = out_dir / "similarity.json"
         if previous.exists():  # resumed: keep the rows of the epochs already done

@@ -23,10 +23,16 @@ def _extra_studies() -> dict[str, str]:
     return dict(item.split("=", 1) for item in extra.split(",") if "=" in item)
 
 
-def get_study(name: str) -> Study:
+def check_study(name: str) -> None:
+    """Raise the did-you-mean error for an unknown study name."""
     studies = {**STUDIES, **_extra_studies()}
     if name not in studies:
-        raise unknown_name("study", name, STUDIES)
+        raise unknown_name("study", name, studies)
+
+
+def get_study(name: str) -> Study:
+    check_study(name)
+    studies = {**STUDIES, **_extra_studies()}
     module_name, class_name = studies[name].split(":")
     try:
         module = importlib.import_module(module_name)

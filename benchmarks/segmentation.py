@@ -30,7 +30,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from benchmarks.errors import UserError, unknown_name
 from benchmarks.report import Finding, figure, findings_table, header, save_figure, table, write_csv
@@ -112,9 +111,10 @@ def make_datamodule(cfg: dict, domain: str, *, n_train: int, n_val: int, n_test:
     if kind == "scenes":
         from datamodules.scenes import SceneDataModule
 
-        return SceneDataModule(domain=domain, n_train=n_train, n_val=n_val, n_test=n_test,
+        # [0, 1] images: the modules normalise themselves (augmentations and reconstruction work in [0, 1])
+        return SceneDataModule(domain=domain, n_train=n_train, n_val=n_val, n_test=max(n_test, 1),
                                label_fraction=label_fraction, seed=seed, image_size=data["image_size"],
-                               batch_size=batch_size)
+                               batch_size=batch_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     try:
         from datamodules import fullscale
     except ImportError as err:
@@ -237,7 +237,7 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
     from modules.segmentation import SegmentationModule
 
     cfg = dict(run.config)
-    p = run.params
+    p = {**run.params, **cfg["init"]}
     tgt = cfg["target"]
     seed = int(p["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
@@ -332,9 +332,9 @@ class SegmentationStudy(Study):
                 for v in variants(cfg):
                     source = sources.get(v["encoder"])
                     needs = (source.key,) if source is not None else ()
-                    config = {**target_common, "source_key": source.key if source else None}
-                    params = {"variant": v["variant"], "encoder": v["encoder"], "decoder": v["decoder"],
-                              "freeze": v["freeze"], "fraction": fraction, "seed": int(seed)}
+                    config = {**target_common, "source_key": source.key if source else None,
+                              "init": {k: v[k] for k in ("encoder", "decoder", "freeze")}}
+                    params = {"variant": v["variant"], "fraction": fraction, "seed": int(seed)}
                     runs.append(Run("segmentation", "target", params, config, needs))
         return runs
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from benchmarks.config import dump
 from benchmarks.errors import UserError
 from benchmarks.registry import get_study
+from benchmarks.runner import select_runs
 from benchmarks.runstore import RunStore, atomic_write_text
 from benchmarks.study import Run
 
@@ -103,7 +104,7 @@ def submit_benchmark(args, cfg: dict, launch) -> int:
                                cpus_per_task=args.cpus_per_task, time=args.time,
                                partition=args.partition or None, mem=args.mem)
     store = RunStore(args.study, launch.results)
-    plan = get_study(args.study).plan(cfg)
+    plan = select_runs(get_study(args.study).plan(cfg), launch)
     slurm_dir = store.root / "slurm"
     config_file = slurm_dir / "config.yaml"
     if not args.dry_run:

@@ -19,7 +19,7 @@ def print_status(study_name: str, cfg: dict, launch) -> int:
     counts = Counter(status for _, _, status in rows)
     print(f"{study_name}: " + " · ".join(f"{counts.get(s, 0)} {s}" for s in
                                          ("finished", "running", "interrupted", "failed", "pending")))
-    for stage, key, status in rows:
+    for _stage, key, status in rows:
         if status != "finished":
             print(f"  {status:11s} {key}")
     return 0

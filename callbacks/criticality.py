@@ -101,16 +101,17 @@ class CriticalityResult:
 def _grid(values: Sequence[float], name: str) -> list[float]:
     grid = [float(v) for v in values]
     if not grid or any(v < 0 or not math.isfinite(v) for v in grid):
+        example = list(DEFAULT_ALPHAS if name == "alphas" else DEFAULT_SIGMAS)
         raise CallbackConfigError(f"{name} must be a non-empty list of finite values >= 0, got {grid}",
-                                  f"pass e.g. {name}={list(DEFAULT_ALPHAS if name == 'alphas' else DEFAULT_SIGMAS)}")
+                                  f"pass e.g. {name}={example}")
     return grid
 
 
 @torch.no_grad()
 def module_criticality(model: nn.Module, theta0: StateSource, thetaf: StateSource, loader: Iterable,
                        modules: Sequence[str] | None = None, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
-                       sigmas: Sequence[float] = DEFAULT_SIGMAS, epsilon: float = 0.05, noise: str = "absolute",
-                       draws: int = 3, seed: int = 0, criterion: str = "error",
+                       sigmas: Sequence[float] = DEFAULT_SIGMAS, epsilon: float = 0.05,
+                       noise: str = "absolute", draws: int = 3, seed: int = 0, criterion: str = "error",
                        loss_fn: LossFn = F.cross_entropy, unpack: Unpack | None = None,
                        forward: Forward | None = None, max_batches: int | None = None) -> CriticalityResult:
     """Criticality of each module of ``model`` (names or globs; None: the module's watch layers).
@@ -142,7 +143,8 @@ def module_criticality(model: nn.Module, theta0: StateSource, thetaf: StateSourc
     for name, keys in groups.items():
         delta = {k: final[k] - start[k] for k in keys}
         distance_sq = float(sum((d.double() ** 2).sum() for d in delta.values()))
-        scale = {k: (final[k].double().pow(2).mean().sqrt().item() if noise == "relative" else 1.0) for k in keys}
+        scale = {k: final[k].double().pow(2).mean().sqrt().item() if noise == "relative" else 1.0
+                 for k in keys}
         normals = []
         for d in range(draws):
             generator = torch.Generator().manual_seed(seed + d)
@@ -251,8 +253,8 @@ class ModuleCriticality(Callback):
         check_choice("noise", noise, ("absolute", "relative"))
         check_choice("criterion", criterion, ("error", "loss"))
         self.loader, self.modules, self.theta0 = loader, modules, theta0
-        self.options = {"alphas": _grid(alphas, "alphas"), "sigmas": _grid(sigmas, "sigmas"), "epsilon": epsilon,
-                        "noise": noise, "draws": draws, "seed": seed, "criterion": criterion,
+        self.options = {"alphas": _grid(alphas, "alphas"), "sigmas": _grid(sigmas, "sigmas"),
+                        "epsilon": epsilon, "noise": noise, "draws": draws, "seed": seed, "criterion": criterion,
                         "loss_fn": loss_fn, "unpack": unpack, "forward": forward, "max_batches": max_batches}
         self.name, self.out_dir = name, out_dir
         self.result: CriticalityResult | None = None
@@ -263,7 +265,8 @@ class ModuleCriticality(Callback):
             self._start_state = clone_state(pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        theta0 = self._start_state if isinstance(self.theta0, str) and self.theta0 == "fit_start" else self.theta0
+        from_start = isinstance(self.theta0, str) and self.theta0 == "fit_start"
+        theta0 = self._start_state if from_start else self.theta0
         loader = resolve_loader(self.loader, trainer, "loader")
         self.result = module_criticality(pl_module, theta0, clone_state(pl_module), loader, self.modules,
                                          **self.options)

@@ -29,7 +29,15 @@ from callbacks.errors import CallbackConfigError, check_choice
 from callbacks.evaluation import Forward, LossFn, Unpack, evaluate, recompute_batchnorm
 from callbacks.plots import new_figure
 from callbacks.run_outputs import RunOutputs
-from callbacks.states import StateSource, clone_state, detached_copy, lerp_state, load_into, load_state, state_on
+from callbacks.states import (
+    StateSource,
+    clone_state,
+    detached_copy,
+    lerp_state,
+    load_into,
+    load_state,
+    state_on,
+)
 
 
 def _lerp(a: float, b: float, w: float) -> float:
@@ -65,7 +73,8 @@ class InterpolationResult:
 
     def rows(self) -> list[dict[str, float | None]]:
         errors = self.error or [None] * len(self.lambdas)
-        return [{"lambda": lam, "loss": loss, "error": err} for lam, loss, err in zip(self.lambdas, self.loss, errors)]
+        return [{"lambda": lam, "loss": loss, "error": err}
+                for lam, loss, err in zip(self.lambdas, self.loss, errors)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +97,8 @@ def interpolation_curve(model: nn.Module, state_a: StateSource, state_b: StateSo
                         lambdas: int | Sequence[float] | torch.Tensor = 11,
                         loss_fn: LossFn = F.cross_entropy, bn_loader: Iterable | None = None, *,
                         bn_batches: int | None = 10, unpack: Unpack | None = None,
-                        forward: Forward | None = None, max_batches: int | None = None) -> InterpolationResult:
+                        forward: Forward | None = None,
+                        max_batches: int | None = None) -> InterpolationResult:
     """Evaluate ``model`` at theta(lambda) for each lambda on ``loader`` (``model`` itself is not changed).
 
     ``bn_loader``: training batches used to re-estimate BatchNorm statistics at every lambda
@@ -200,7 +210,8 @@ class Interpolation(Callback):
         self.result = interpolation_curve(
             pl_module, self._state(self.state_a, pl_module), self._state(self.state_b, pl_module), loader,
             self.lambdas, self.loss_fn, resolve_loader(self.bn_loader, trainer, "bn_loader"),
-            bn_batches=self.bn_batches, unpack=self.unpack, forward=self.forward, max_batches=self.max_batches)
+            bn_batches=self.bn_batches, unpack=self.unpack, forward=self.forward,
+            max_batches=self.max_batches)
         report_interpolation(RunOutputs(trainer, self.out_dir), self.result, self.name)
 
 

@@ -52,7 +52,8 @@ def select_probe(source: torch.Tensor | Dataset | DataLoader, size: int, seed: i
         n = len(source)  # type: ignore[arg-type]
     except TypeError as err:
         raise CallbackConfigError(f"the probe source ({type(source).__name__}) has no length",
-                                  "pass a tensor of inputs, a map-style Dataset or a DataLoader over one") from err
+                                  "pass a tensor of inputs, a map-style Dataset or a DataLoader over one"
+                                  ) from err
     if n == 0:
         raise CallbackConfigError("the probe source is empty", "pass a dataset or tensor with examples")
     generator = torch.Generator().manual_seed(seed)

@@ -87,8 +87,11 @@ def random_init_copy(module: nn.Module, seed: int = 987_654_321,
     return fresh
 
 
+Capture = Callable[[nn.Module], dict[str, torch.Tensor]]
+
+
 def reference_representations(reference: Reference, module: nn.Module,
-                               capture: Callable[[nn.Module], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+                              capture: Capture) -> dict[str, torch.Tensor]:
     """Representations of a (non-start) reference on the probe set, via ``capture(model)``."""
     if isinstance(reference, RandomInitReference):
         return capture(random_init_copy(module, reference.seed, reference.factory))

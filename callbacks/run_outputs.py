@@ -93,7 +93,8 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
         tensors = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
     if path.suffix == ".npz":
-        numpy_arrays = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in arrays.items()}
+        numpy_arrays = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+                        for k, v in arrays.items()}
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:

@@ -64,8 +64,10 @@ class SimilarityTracker(Callback):
         if not isinstance(references, Mapping):
             references = {str(name): name for name in references}
         if not references:
-            raise CallbackConfigError("SimilarityTracker got no references", 'pass e.g. references=("start",)')
-        self.references: dict[str, Reference] = {name: as_reference(spec) for name, spec in references.items()}
+            raise CallbackConfigError("SimilarityTracker got no references",
+                                      'pass e.g. references=("start",)')
+        self.references: dict[str, Reference] = {name: as_reference(spec)
+                                                  for name, spec in references.items()}
         self.measure_name = measure if isinstance(measure, str) else getattr(measure, "__name__", "measure")
         self.measure: Measure = get_measure(measure) if isinstance(measure, str) else measure
         self._named_measure = isinstance(measure, str)
@@ -85,7 +87,8 @@ class SimilarityTracker(Callback):
             if len(found) != 1:
                 raise CallbackConfigError(
                     f"SimilarityTracker needs exactly one RepresentationSnapshot among the callbacks, found "
-                    f"{len(found)}", "add one, or pass snapshots=<the RepresentationSnapshot> to SimilarityTracker")
+                    f"{len(found)}",
+                    "add one, or pass snapshots=<the RepresentationSnapshot> to SimilarityTracker")
             self.snapshots = found[0]
         self.snapshots.add_listener(self)
         self._outputs = RunOutputs(trainer, self.out_dir)
@@ -101,7 +104,8 @@ class SimilarityTracker(Callback):
             if isinstance(reference, StartReference):
                 self.reference_reps[name] = dict(first.representations)
             else:
-                self.reference_reps[name] = reference_representations(reference, module, self.snapshots.capture)
+                self.reference_reps[name] = reference_representations(reference, module,
+                                                                      self.snapshots.capture)
             missing = set(first.representations) - set(self.reference_reps[name])
             if missing:
                 raise CallbackConfigError(
@@ -158,8 +162,9 @@ class SimilarityTracker(Callback):
         outputs = self._outputs
         for ref_name in self.reference_reps:
             matrix, rows, cols = self.layer_matrix(snapshot, ref_name)
-            record = {"tag": snapshot.tag, "epoch": snapshot.epoch, "step": snapshot.step, "reference": ref_name,
-                      "measure": self.measure_name, "rows": rows, "columns": cols, "values": matrix.tolist()}
+            record = {"tag": snapshot.tag, "epoch": snapshot.epoch, "step": snapshot.step,
+                      "reference": ref_name, "measure": self.measure_name, "rows": rows, "columns": cols,
+                      "values": matrix.tolist()}
             self.matrices[ref_name] = record
             if outputs is None:
                 continue

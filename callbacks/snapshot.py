@@ -33,7 +33,7 @@ Forward = Callable[[nn.Module, torch.Tensor], Any]
 
 
 def pool(x: torch.Tensor, how: str) -> torch.Tensor:
-    """'none' keeps (N, C, H, W...), 'mean' averages the spatial dims to (N, C), 'flatten' gives (N, C*H*W)."""
+    """'none' keeps (N, C, H, W...), 'mean' averages spatial dims to (N, C), 'flatten' gives (N, C*H*W)."""
     if how == "none" or x.dim() <= 2:
         return x
     if how == "mean":
@@ -108,7 +108,7 @@ def capture_representations(model: nn.Module, layers: Sequence[str] | str | None
             silent = [n for n in names if n not in current]
             if silent:
                 raise CallbackConfigError(f"layers {silent} were not called in the forward pass",
-                                          "watch layers that forward() uses, or pass forward=... that uses them")
+                                          "watch layers that forward() uses, or pass a forward= that does")
             for name in names:
                 chunks[name].append(current[name])
     finally:
@@ -272,8 +272,8 @@ class RepresentationSnapshot(Callback):
         name = f"snapshots/{self._count:05d}_{_safe_tag(snapshot.tag)}.{self.file_format}"
         outputs.arrays(name, snapshot.representations)
         snapshot.file = name
-        self.manifest.append({"file": name, "tag": snapshot.tag, "epoch": snapshot.epoch, "step": snapshot.step,
-                              "moment": snapshot.moment, "layers": snapshot.shapes()})
+        self.manifest.append({"file": name, "tag": snapshot.tag, "epoch": snapshot.epoch,
+                              "step": snapshot.step, "moment": snapshot.moment, "layers": snapshot.shapes()})
         probe = self.probe
         outputs.json("snapshots/manifest.json", {
             "probe": {"size": len(probe), "seed": probe.seed, "indices": probe.indices} if probe else None,
@@ -291,7 +291,8 @@ class RepresentationSnapshot(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_scheduled_step:
+        due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
+        if due and step != self._last_scheduled_step:
             self._scheduled(trainer, pl_module, f"step{step}", "step")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

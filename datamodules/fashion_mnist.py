@@ -32,7 +32,16 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 SPLITS = ("train", "val", "test")
 
@@ -72,7 +81,9 @@ def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    split: str = "train", root: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``(uint8 images [N,28,28], int64 labels [N])`` for ``split`` in {"train", "test"}.
 
     Reads the Debian IDX files (or ``root``); the decoded arrays are cached as .npy, keyed by the
@@ -148,7 +159,9 @@ class ImageArrayDataset(Dataset):
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
         channels = self.images.shape[1]
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1) * 255.0
+        self.mean = (
+            torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1) * 255.0
+        )
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1) * 255.0
         self.input_transform = input_transform
 
@@ -245,8 +258,10 @@ class ArrayDataModule(L.LightningDataModule):
         return next(iter(DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=n)))
 
 
-def seeded_split(n_items: int, n_first: int, n_second: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint index sets of sizes ``n_first`` and ``n_second`` (default: the rest) from a seeded permutation."""
+def seeded_split(
+    n_items: int, n_first: int, n_second: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted index sets of sizes ``n_first`` and ``n_second`` (default: the rest), seeded."""
     order = np.random.default_rng(seed).permutation(n_items)
     rest = n_items - n_first if n_second is None else n_second
     return np.sort(order[:n_first]), np.sort(order[n_first : n_first + rest])
@@ -279,7 +294,9 @@ class FashionMNISTDataModule(ArrayDataModule):
         self.save_hyperparameters()
         classes = list(range(10)) if classes is None else [int(c) for c in classes]
         if not classes or len(set(classes)) != len(classes) or not all(0 <= c < 10 for c in classes):
-            raise ValueError(f"classes={classes} must be distinct Fashion-MNIST class ids in 0..9 (or None for all)")
+            raise ValueError(
+                f"classes={classes} must be distinct Fashion-MNIST class ids in 0..9 (or None for all)"
+            )
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1)")
         self.classes = classes
@@ -288,6 +305,7 @@ class FashionMNISTDataModule(ArrayDataModule):
         self.root = root
         self.num_classes = len(classes)
         self.image_shape = (1, 28, 28)
+        self.split_indices: dict[str, np.ndarray] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -308,16 +326,20 @@ class FashionMNISTDataModule(ArrayDataModule):
         n_train = self.n_train if self.n_train is not None else n_pool - n_val
         if n_train < 1 or n_train + n_val > n_pool:
             raise ValueError(
-                f"n_train={self.n_train} with val_fraction={self.val_fraction} needs {n_train + n_val} training "
-                f"images but classes {self.classes} have {n_pool}; lower n_train or val_fraction"
+                f"n_train={self.n_train} with val_fraction={self.val_fraction} needs {n_train + n_val} "
+                f"training images but classes {self.classes} have {n_pool}; lower n_train or val_fraction"
             )
         val_idx, train_idx = seeded_split(n_pool, n_val, n_train, self.seed)
+        self.split_indices = {"train": train_idx, "val": val_idx}  # positions in the class-filtered pool
         test_images, test_labels = self._select("test")
         if self.n_test is not None:
             if not 1 <= self.n_test <= len(test_labels):
-                raise ValueError(f"n_test={self.n_test} must lie in 1..{len(test_labels)} for classes {self.classes}")
+                raise ValueError(
+                    f"n_test={self.n_test} must lie in 1..{len(test_labels)} for classes {self.classes}"
+                )
             test_idx, _ = seeded_split(len(test_labels), self.n_test, 0, self.seed)
             test_images, test_labels = test_images[test_idx], test_labels[test_idx]
+            self.split_indices["test"] = test_idx
         parts = {
             "train": (pool_images[train_idx], pool_labels[train_idx]),
             "val": (pool_images[val_idx], pool_labels[val_idx]),

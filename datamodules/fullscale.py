@@ -31,7 +31,8 @@ LAYOUTS = {
         "(the layout torchvision.datasets.Omniglot / learn2learn FullOmniglot download and extract)"
     ),
     "mini_imagenet": (
-        "<root>/mini-imagenet-cache-train.pkl, mini-imagenet-cache-validation.pkl, mini-imagenet-cache-test.pkl\n"
+        "<root>/mini-imagenet-cache-train.pkl, mini-imagenet-cache-validation.pkl,\n"
+        "<root>/mini-imagenet-cache-test.pkl\n"
         "each a pickle of {'image_data': uint8 [N,84,84,3], 'class_dict': {wnid: [indices]}}\n"
         "(learn2learn MiniImagenet's files)"
     ),
@@ -45,7 +46,7 @@ LAYOUTS = {
     ),
     "oxford_pet": (
         "<root>/oxford-iiit-pet/images/<Breed_name>_<k>.jpg\n"
-        "<root>/oxford-iiit-pet/annotations/trainval.txt, test.txt   (lines: 'image_id class_id species breed')\n"
+        "<root>/oxford-iiit-pet/annotations/trainval.txt, test.txt  (lines: 'image_id class species breed')\n"
         "<root>/oxford-iiit-pet/annotations/trimaps/<image_id>.png  (1 pet, 2 background, 3 border)\n"
         "(torchvision OxfordIIITPet's layout)"
     ),
@@ -117,7 +118,9 @@ class OmniglotFolder(Dataset):
         return (1.0 - pixels).unsqueeze(0), int(self.labels[index])
 
 
-def load_omniglot(root: str | os.PathLike | None = None, image_size: int = 28, download: bool = False) -> OmniglotFolder:
+def load_omniglot(
+    root: str | os.PathLike | None = None, image_size: int = 28, download: bool = False
+) -> OmniglotFolder:
     """All 1,623 Omniglot characters (learn2learn FullOmniglot's order) from ``<root>/omniglot-py``."""
     resolved = resolve_root("omniglot", root)
     if download:
@@ -158,7 +161,7 @@ def load_mini_imagenet(root: str | os.PathLike | None = None, split: str = "trai
     return dataset
 
 
-# --------------------------------------------------------------------------------------------- torchvision sets
+# ------------------------------------------------------------------------------------------- torchvision sets
 class CIFAR10Files(CIFAR10):
     """torchvision CIFAR10 checking that the files exist instead of their md5 sums."""
 
@@ -180,18 +183,21 @@ class SVHNFiles(SVHN):
 
 
 def load_cifar10(root: str | os.PathLike | None = None, train: bool = True, download: bool = False):
-    """torchvision ``CIFAR10`` (``.data`` uint8 [N,32,32,3], ``.targets``) from ``<root>/cifar-10-batches-py``."""
+    """torchvision ``CIFAR10`` (``.data`` uint8 [N,32,32,3], ``.targets``) from <root>/cifar-10-batches-py."""
     resolved = resolve_root("cifar10", root)
     if download:
         return CIFAR10(str(resolved), train=train, download=True)
     folder = resolved / CIFAR10.base_folder
-    require_files("cifar10", [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
-                  + [folder / CIFAR10.meta["filename"]])
+    require_files(
+        "cifar10",
+        [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+        + [folder / CIFAR10.meta["filename"]],
+    )
     return CIFAR10Files(str(resolved), train=train)
 
 
 def load_svhn(root: str | os.PathLike | None = None, split: str = "train", download: bool = False):
-    """torchvision ``SVHN`` (``.data`` uint8 [N,3,32,32], ``.labels`` 0..9) from ``<root>/<split>_32x32.mat``."""
+    """torchvision ``SVHN`` (``.data`` uint8 [N,3,32,32], ``.labels`` 0..9) from <root>/<split>_32x32.mat."""
     if split not in SVHN.split_list:
         raise ValueError(f"unknown SVHN split {split!r}; use one of {list(SVHN.split_list)}")
     resolved = resolve_root("svhn", root)
@@ -202,10 +208,12 @@ def load_svhn(root: str | os.PathLike | None = None, split: str = "train", downl
 
 
 def load_oxford_pet(
-    root: str | os.PathLike | None = None, split: str = "trainval", target_types: str | Sequence[str] = "category",
+    root: str | os.PathLike | None = None,
+    split: str = "trainval",
+    target_types: str | Sequence[str] = "category",
     download: bool = False,
 ):
-    """torchvision ``OxfordIIITPet`` (PIL images; category 0..36 and/or trimap) from ``<root>/oxford-iiit-pet``."""
+    """torchvision ``OxfordIIITPet`` (PIL images; category 0..36 and/or trimap), <root>/oxford-iiit-pet."""
     if split not in ("trainval", "test"):
         raise ValueError(f"unknown Oxford-IIIT Pet split {split!r}; use 'trainval' or 'test'")
     resolved = resolve_root("oxford_pet", root)
@@ -243,7 +251,12 @@ class _ArrayClassificationDataModule(ArrayDataModule):
         super().__init__(seed, batch_size, num_workers, input_transform, label_transform)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1)")
-        self.data_root, self.val_fraction, self.n_train, self.download = data_root, val_fraction, n_train, download
+        self.data_root, self.val_fraction, self.n_train, self.download = (
+            data_root,
+            val_fraction,
+            n_train,
+            download,
+        )
         self.num_classes = 10
         self.image_shape = (3, 32, 32)
 
@@ -256,13 +269,22 @@ class _ArrayClassificationDataModule(ArrayDataModule):
         n_val = int(round(self.val_fraction * (self.n_train or n_pool)))
         n_train = self.n_train or n_pool - n_val
         if n_train + n_val > n_pool or n_train < 1:
-            raise ValueError(f"n_train={self.n_train} + validation {n_val} exceed the {n_pool} training images")
+            raise ValueError(
+                f"n_train={self.n_train} + validation {n_val} exceed the {n_pool} training images"
+            )
         val_idx, train_idx = seeded_split(n_pool, n_val, n_train, self.seed)
         test_images, test_labels = self.arrays(train=False)
-        parts = {"train": (images[train_idx], labels[train_idx]), "val": (images[val_idx], labels[val_idx]),
-                 "test": (test_images, test_labels)}
-        return {split: ImageArrayDataset(x, self.transform_labels(y, split), self.mean, self.std,
-                                         self.input_transform) for split, (x, y) in parts.items()}
+        parts = {
+            "train": (images[train_idx], labels[train_idx]),
+            "val": (images[val_idx], labels[val_idx]),
+            "test": (test_images, test_labels),
+        }
+        return {
+            split: ImageArrayDataset(
+                x, self.transform_labels(y, split), self.mean, self.std, self.input_transform
+            )
+            for split, (x, y) in parts.items()
+        }
 
 
 class CIFAR10DataModule(_ArrayClassificationDataModule):
@@ -270,11 +292,29 @@ class CIFAR10DataModule(_ArrayClassificationDataModule):
 
     dataset_name, mean, std = "cifar10", CIFAR10_MEAN, CIFAR10_STD
 
-    def __init__(self, data_root: str | None = None, seed: int = 0, batch_size: int = 128, val_fraction: float = 0.1,
-                 n_train: int | None = None, download: bool = False, input_transform=None, label_transform=None,
-                 num_workers: int = 0) -> None:
-        super().__init__(data_root, seed, batch_size, val_fraction, n_train, download, input_transform,
-                         label_transform, num_workers)
+    def __init__(
+        self,
+        data_root: str | None = None,
+        seed: int = 0,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        n_train: int | None = None,
+        download: bool = False,
+        input_transform=None,
+        label_transform=None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            data_root,
+            seed,
+            batch_size,
+            val_fraction,
+            n_train,
+            download,
+            input_transform,
+            label_transform,
+            num_workers,
+        )
         self.save_hyperparameters()
 
     def arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -287,16 +327,36 @@ class SVHNDataModule(_ArrayClassificationDataModule):
 
     dataset_name, mean, std = "svhn", SVHN_MEAN, SVHN_STD
 
-    def __init__(self, data_root: str | None = None, seed: int = 0, batch_size: int = 128, val_fraction: float = 0.1,
-                 n_train: int | None = None, download: bool = False, input_transform=None, label_transform=None,
-                 num_workers: int = 0) -> None:
-        super().__init__(data_root, seed, batch_size, val_fraction, n_train, download, input_transform,
-                         label_transform, num_workers)
+    def __init__(
+        self,
+        data_root: str | None = None,
+        seed: int = 0,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        n_train: int | None = None,
+        download: bool = False,
+        input_transform=None,
+        label_transform=None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            data_root,
+            seed,
+            batch_size,
+            val_fraction,
+            n_train,
+            download,
+            input_transform,
+            label_transform,
+            num_workers,
+        )
         self.save_hyperparameters()
 
     def arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         dataset = load_svhn(self.data_root, split="train" if train else "test", download=self.download)
-        return np.ascontiguousarray(np.asarray(dataset.data).transpose(0, 2, 3, 1)), np.asarray(dataset.labels)
+        return np.ascontiguousarray(np.asarray(dataset.data).transpose(0, 2, 3, 1)), np.asarray(
+            dataset.labels
+        )
 
 
 class PetDataset(Dataset):
@@ -331,9 +391,17 @@ class PetDataset(Dataset):
 class OxfordPetDataModule(ArrayDataModule):
     """Oxford-IIIT Pet: 37-breed classification, or pet/background segmentation (dict batches like scenes)."""
 
-    def __init__(self, data_root: str | None = None, task: str = "segmentation", image_size: int = 128,
-                 seed: int = 0, batch_size: int = 32, val_fraction: float = 0.1, download: bool = False,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        data_root: str | None = None,
+        task: str = "segmentation",
+        image_size: int = 128,
+        seed: int = 0,
+        batch_size: int = 32,
+        val_fraction: float = 0.1,
+        download: bool = False,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__(seed, batch_size, num_workers)
         self.save_hyperparameters()
         if task not in ("classification", "segmentation"):
@@ -349,6 +417,8 @@ class OxfordPetDataModule(ArrayDataModule):
         n_val = int(round(self.val_fraction * len(trainval)))
         val_idx, train_idx = seeded_split(len(trainval), n_val, None, self.seed)
         test = load_oxford_pet(self.data_root, "test", targets, self.download)
-        return {"train": PetDataset(trainval, self.image_size, self.task, train_idx),
-                "val": PetDataset(trainval, self.image_size, self.task, val_idx),
-                "test": PetDataset(test, self.image_size, self.task)}
+        return {
+            "train": PetDataset(trainval, self.image_size, self.task, train_idx),
+            "val": PetDataset(trainval, self.image_size, self.task, val_idx),
+            "test": PetDataset(test, self.image_size, self.task),
+        }

@@ -41,11 +41,18 @@ from datamodules.fashion_mnist import (
 )
 from datamodules.paths import cache_dir
 
-GLYPHS_VERSION = 1  # bump when rendering changes, so old caches are not reused
+GLYPHS_VERSION = 2  # bump when rendering changes, so old caches are not reused
 DEFAULT_FONT_DIRS = ("/usr/share/fonts",)
 LETTER_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lo"})
 # Blocks that hold styled or contextual variants of other letters, or ideographs, not an alphabet.
-EXCLUDED_BLOCK_WORDS = ("Mathematical", "Presentation Forms", "Letterlike", "Number Forms", "CJK", "Halfwidth")
+EXCLUDED_BLOCK_WORDS = (
+    "Mathematical",
+    "Presentation Forms",
+    "Letterlike",
+    "Number Forms",
+    "CJK",
+    "Halfwidth",
+)
 # GNU Unifont is one design shipped as several files (JP, CSUR, Upper, Sample): count it once.
 FAMILY_ALIASES = ((re.compile(r"^Unifont\b.*", re.IGNORECASE), "Unifont"),)
 NOTDEF_PROBE = chr(0x10FFFD)  # a private-use code point no font maps: renders the font's .notdef box
@@ -167,22 +174,42 @@ def config_key(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_SCANS: dict[str, tuple[list[FontFile], dict[int, list[int]]]] = {}
+
+
 def scan_fonts(files: Sequence[Path]) -> tuple[list[FontFile], dict[int, list[int]]]:
     """Each font's family and cmap: the fonts, and code point -> indices of the fonts mapping it.
 
-    The scan (about 2 s for the Debian fonts) is cached as JSON keyed by the files' paths, sizes, mtimes.
+    The scan (about 2 s for the Debian fonts) is cached (.npz keyed by the files' paths, sizes and
+    mtimes) and kept in memory for the process.
     """
     key = config_key([GLYPHS_VERSION, files_fingerprint(files)])
-    path = cache_dir("glyphs", "fontscan") / f"{key}.json"
+    if key in _SCANS:
+        return _SCANS[key]
+    path = cache_dir("glyphs", "fontscan") / f"{key}.npz"
     if path.exists():
-        data = json.loads(path.read_text())
-        fonts = [FontFile(*f) for f in data["fonts"]]
-        return fonts, {int(c): ids for c, ids in data["coverage"].items()}
-    fonts, coverage = _scan_font_files(files)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"fonts": [[f.path, f.family] for f in fonts], "coverage": coverage}, handle)
-    os.replace(tmp, path)
+        with np.load(path, allow_pickle=False) as data:
+            fonts = [FontFile(str(p), str(f)) for p, f in zip(data["paths"], data["families"])]
+            codepoints, font_index = data["codepoints"], data["font_index"]
+        order = np.argsort(codepoints, kind="stable")
+        codepoints, font_index = codepoints[order], font_index[order]
+        starts = np.flatnonzero(np.r_[True, codepoints[1:] != codepoints[:-1]])
+        groups = np.split(font_index, starts[1:])
+        coverage = {int(c): g.tolist() for c, g in zip(codepoints[starts], groups)}
+    else:
+        fonts, coverage = _scan_font_files(files)
+        pairs = [(c, i) for c, ids in coverage.items() for i in ids]
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+        os.close(fd)
+        np.savez(
+            tmp,
+            paths=np.array([f.path for f in fonts], dtype=np.str_),
+            families=np.array([f.family for f in fonts], dtype=np.str_),
+            codepoints=np.array([c for c, _ in pairs], dtype=np.int64),
+            font_index=np.array([i for _, i in pairs], dtype=np.int64),
+        )
+        os.replace(tmp, path)
+    _SCANS[key] = (fonts, coverage)
     return fonts, coverage
 
 
@@ -225,11 +252,15 @@ def candidate_alphabets(
     """Letters mapped by >= ``min_fonts`` families, grouped by Unicode block, in a fixed spread order."""
     groups: dict[str, list[int]] = defaultdict(list)
     wanted = set(alphabets) if alphabets is not None else None
+    family_ids = {name: k for k, name in enumerate(sorted({f.family for f in fonts}))}
+    font_family = [family_ids[f.family] for f in fonts]
     for codepoint, font_ids in coverage.items():
+        if len(font_ids) < min_fonts:
+            continue
         char = chr(codepoint)
         if unicodedata.category(char) not in LETTER_CATEGORIES:
             continue
-        if len({fonts[i].family for i in font_ids}) < min_fonts:
+        if len({font_family[i] for i in font_ids}) < min_fonts:
             continue
         block = unicode_block(char)
         if any(word in block for word in EXCLUDED_BLOCK_WORDS) or (wanted is not None and block not in wanted):
@@ -334,8 +365,10 @@ def distort(
     cos, sin = np.cos(rotation), np.sin(rotation)
     rot = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
     shr = np.stack([np.stack([np.ones(n), shear], -1), np.stack([np.zeros(n), np.ones(n)], -1)], -2)
-    stretch = np.stack([np.stack([scale * (1 + aniso), np.zeros(n)], -1),
-                        np.stack([np.zeros(n), scale * (1 - aniso)], -1)], -2)
+    stretch = np.stack(
+        [np.stack([scale * (1 + aniso), np.zeros(n)], -1), np.stack([np.zeros(n), scale * (1 - aniso)], -1)],
+        -2,
+    )
     theta = np.concatenate([rot @ shr @ stretch, shift[:, :, None]], axis=2)
     base_t = torch.from_numpy(base).float()
     out = np.empty((n, size, size), dtype=np.uint8)
@@ -358,8 +391,10 @@ def split_alphabets(names: Sequence[str], fractions: Sequence[float], seed: int)
         raise ValueError(f"split_fractions={tuple(fractions)} must be three positive numbers summing to 1")
     n = len(names)
     if n < 3:
-        raise ValueError(f"only {n} alphabets qualify ({list(names)}); a train/val/test split needs >= 3: "
-                         "lower min_fonts or min_chars_per_alphabet, or allow more alphabets")
+        raise ValueError(
+            f"only {n} alphabets qualify ({list(names)}); a train/val/test split needs >= 3: "
+            "lower min_fonts or min_chars_per_alphabet, or allow more alphabets"
+        )
     n_val = max(1, round(fractions[1] * n))
     n_test = max(1, round(fractions[2] * n))
     n_train = n - n_val - n_test
@@ -387,38 +422,54 @@ def build_glyphs(
     alphabets: Sequence[str] | None = None,
     font_dirs: Sequence[str] | None = None,
     progress: bool = True,
+    use_cache: bool = True,
 ) -> GlyphSet:
     """Render (or load from cache) the glyph set; deterministic for a given configuration and seed.
 
     ``seed`` drives the distortions; ``split_seed`` the alphabet split; the choice of characters
     (at most ``max_chars_per_alphabet`` per Unicode block, like Omniglot's 14-55) is seed-independent.
     ``alphabets`` restricts to some Unicode block names (e.g. ["Armenian", "Cyrillic"]).
+    ``use_cache=False`` renders afresh and stores nothing (the font scan is still cached).
     """
     if image_size < 8:
         raise ValueError(f"image_size={image_size} is too small to draw glyphs; use >= 8 (28 or 84 are usual)")
+    if not 1 <= min_chars_per_alphabet <= max_chars_per_alphabet:
+        raise ValueError(
+            f"min_chars_per_alphabet={min_chars_per_alphabet} must lie in 1..max_chars_per_alphabet="
+            f"{max_chars_per_alphabet}; lower it or raise max_chars_per_alphabet"
+        )
     if min_fonts < 1 or instances_per_char < 1:
         raise ValueError(f"min_fonts={min_fonts} and instances_per_char={instances_per_char} must be >= 1")
     files = find_font_files(font_dirs)
     config = {
-        "version": GLYPHS_VERSION, "image_size": image_size, "min_fonts": min_fonts,
-        "instances_per_char": instances_per_char, "seed": seed, "max_chars_per_alphabet": max_chars_per_alphabet,
-        "min_chars_per_alphabet": min_chars_per_alphabet, "max_fonts_per_char": max_fonts_per_char,
-        "split_fractions": [float(f) for f in split_fractions], "split_seed": split_seed,
-        "distortion": distortion, "alphabets": sorted(alphabets) if alphabets is not None else None,
+        "version": GLYPHS_VERSION,
+        "image_size": image_size,
+        "min_fonts": min_fonts,
+        "instances_per_char": instances_per_char,
+        "seed": seed,
+        "max_chars_per_alphabet": max_chars_per_alphabet,
+        "min_chars_per_alphabet": min_chars_per_alphabet,
+        "max_fonts_per_char": max_fonts_per_char,
+        "split_fractions": [float(f) for f in split_fractions],
+        "split_seed": split_seed,
+        "distortion": distortion,
+        "alphabets": sorted(alphabets) if alphabets is not None else None,
     }
     key = config_key([config, files_fingerprint(files)])
-    if key in _MEMO:
+    if use_cache and key in _MEMO:
         return _MEMO[key]
-    path = cache_dir("glyphs", key) / "glyphs.npz"
-    if path.exists():
+    path = cache_dir("glyphs", key) / "glyphs.npz" if use_cache else None
+    if path is not None and path.exists():
         _MEMO[key] = GlyphSet.load(path)
         return _MEMO[key]
 
     fonts, coverage = scan_fonts(files)
     candidates = candidate_alphabets(fonts, coverage, min_fonts, alphabets)
     if alphabets is not None and (unknown := sorted(set(alphabets) - set(candidates))):
-        raise ValueError(f"alphabets {unknown} have no letters in >= {min_fonts} font families here; "
-                         f"known qualifying blocks: {sorted(candidates)}")
+        raise ValueError(
+            f"alphabets {unknown} have no letters in >= {min_fonts} font families here; "
+            f"known qualifying blocks: {sorted(candidates)}"
+        )
     renderer = GlyphRenderer(fonts, image_size)
     bases: list[np.ndarray] = []
     base_font: list[int] = []
@@ -428,15 +479,24 @@ def build_glyphs(
     alphabet_names: list[str] = []
     from tqdm import tqdm
 
-    bar = tqdm(total=len(candidates), desc="rendering glyph alphabets", unit="alphabet", delay=3, mininterval=2.0,
-               file=sys.stderr, leave=False, disable=not progress)
+    bar = tqdm(
+        total=len(candidates),
+        desc="rendering glyph alphabets",
+        unit="alphabet",
+        delay=3,
+        mininterval=2.0,
+        file=sys.stderr,
+        leave=False,
+        disable=not progress,
+    )
     for block, codepoints in candidates.items():
         accepted = []
         for codepoint in codepoints:
             if len(accepted) >= max_chars_per_alphabet:
                 break
-            renders, kept, n_families = render_character(renderer, chr(codepoint), coverage[codepoint],
-                                                         max_fonts_per_char, min_fonts)
+            renders, kept, n_families = render_character(
+                renderer, chr(codepoint), coverage[codepoint], max_fonts_per_char, min_fonts
+            )
             if n_families >= min_fonts:
                 accepted.append((chr(codepoint), renders, kept))
         bar.update()
@@ -452,6 +512,11 @@ def build_glyphs(
             char_alphabet.append(alphabet_id)
     bar.close()
 
+    if not alphabet_names:
+        raise ValueError(
+            f"no alphabet has >= {min_chars_per_alphabet} letters drawn by >= {min_fonts} font families; "
+            "lower min_fonts or min_chars_per_alphabet, or install more fonts"
+        )
     rng = np.random.default_rng(seed)
     instance = np.arange(instances_per_char)
     source = np.concatenate([first + instance % count for first, count in char_bases])
@@ -470,8 +535,9 @@ def build_glyphs(
         font_names=[Path(fonts[f].path).name for f in used_fonts],
         config=config,
     )
-    glyphs.save(path)
-    _MEMO[key] = glyphs
+    if path is not None:
+        glyphs.save(path)
+        _MEMO[key] = glyphs
     return glyphs
 
 
@@ -507,14 +573,16 @@ class GlyphDataModule(ArrayDataModule):
         per_class = n_train_per_class + n_val_per_class + n_test_per_class
         if min(n_train_per_class, n_val_per_class, n_test_per_class) < 1 or per_class > instances_per_char:
             raise ValueError(
-                f"n_train/n_val/n_test_per_class = {n_train_per_class}/{n_val_per_class}/{n_test_per_class} must "
-                f"each be >= 1 and sum to <= instances_per_char={instances_per_char}; raise instances_per_char"
+                f"n_train/n_val/n_test_per_class = {n_train_per_class}/{n_val_per_class}/{n_test_per_class} "
+                f"must each be >= 1 and sum to <= instances_per_char={instances_per_char}; "
+                "raise instances_per_char"
             )
         self.n_classes = n_classes
         self.alphabet_split = alphabet_split
         self.per_class = (n_train_per_class, n_val_per_class, n_test_per_class)
-        self.glyph_kwargs = dict(image_size=image_size, min_fonts=min_fonts, instances_per_char=instances_per_char,
-                                 seed=glyph_seed)
+        self.glyph_kwargs = dict(
+            image_size=image_size, min_fonts=min_fonts, instances_per_char=instances_per_char, seed=glyph_seed
+        )
         self.normalize = normalize
         self.num_classes = n_classes
         self.image_shape = (1, image_size, image_size)
@@ -524,8 +592,10 @@ class GlyphDataModule(ArrayDataModule):
         glyphs = build_glyphs(**self.glyph_kwargs)
         pool = glyphs.split_chars(self.alphabet_split)
         if self.n_classes < 2 or self.n_classes > len(pool):
-            raise ValueError(f"n_classes={self.n_classes} must lie in 2..{len(pool)} (characters in the "
-                             f"{self.alphabet_split!r} alphabets); lower it or use alphabet_split='all'")
+            raise ValueError(
+                f"n_classes={self.n_classes} must lie in 2..{len(pool)} (characters in the "
+                f"{self.alphabet_split!r} alphabets); lower it or use alphabet_split='all'"
+            )
         rng = np.random.default_rng(self.seed)
         chosen = np.sort(rng.choice(pool, size=self.n_classes, replace=False))
         self.chars = [glyphs.chars[c] for c in chosen]
@@ -541,6 +611,7 @@ class GlyphDataModule(ArrayDataModule):
         for split, chunks in parts.items():
             index = np.concatenate(chunks)
             labels = np.array([remap[int(c)] for c in glyphs.labels[index]], dtype=np.int64)
-            datasets[split] = ImageArrayDataset(glyphs.images[index], self.transform_labels(labels, split), mean,
-                                                std, self.input_transform)
+            datasets[split] = ImageArrayDataset(
+                glyphs.images[index], self.transform_labels(labels, split), mean, std, self.input_transform
+            )
         return datasets

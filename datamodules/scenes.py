@@ -30,10 +30,10 @@ from scipy.ndimage import binary_fill_holes
 from torch.utils.data import Dataset
 
 from datamodules.fashion_mnist import FASHION_MNIST_CLASSES, ArrayDataModule, check_split, load_fashion_mnist
-from datamodules.glyphs import build_glyphs, config_key
+from datamodules.glyphs import GLYPHS_VERSION, build_glyphs, config_key
 from datamodules.paths import cache_dir
 
-SCENES_VERSION = 1
+SCENES_VERSION = 2  # bump when composition changes, so old caches are not reused
 DOMAINS = ("source", "target")
 GIMP_PATTERN_DIR = Path("/usr/share/gimp/2.0/patterns")
 PHOTO_POOL_A = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "ihc.png")
@@ -65,7 +65,7 @@ class SceneSet:
 
 # --------------------------------------------------------------------------------------------- pools
 def read_gimp_pattern(path: Path) -> np.ndarray:
-    """Decode a GIMP .pat file (header: size, version, width, height, bytes/pixel, 'GPAT', name) to RGB uint8."""
+    """Decode a GIMP .pat file (header: size, version, width, height, depth, 'GPAT', name) to RGB uint8."""
     raw = path.read_bytes()
     header_size, _version, width, height, depth = struct.unpack(">5I", raw[:20])
     if raw[20:24] != b"GPAT" or depth not in (1, 2, 3, 4):
@@ -82,8 +82,10 @@ def texture_pools() -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """GIMP patterns split by colourfulness: (pool A = the more saturated half, pool B = the rest)."""
     files = sorted(GIMP_PATTERN_DIR.rglob("*.pat"))
     if not files:
-        raise FileNotFoundError(f"no GIMP patterns under {GIMP_PATTERN_DIR}; install them with "
-                                "`sudo apt-get install gimp-data gimp-data-extras`")
+        raise FileNotFoundError(
+            f"no GIMP patterns under {GIMP_PATTERN_DIR}; install them with "
+            "`sudo apt-get install gimp-data gimp-data-extras`"
+        )
     textures, saturation = [], []
     for path in files:
         try:
@@ -115,12 +117,16 @@ def compose(background: np.ndarray, foreground: np.ndarray, mask: np.ndarray) ->
     return np.where(mask.astype(bool)[..., None], foreground, background).astype(np.uint8)
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, min_frac: float, max_frac: float) -> np.ndarray:
+def random_crop(
+    image: np.ndarray, size: int, rng: np.random.Generator, min_frac: float, max_frac: float
+) -> np.ndarray:
     """A random square crop of side in [min_frac, max_frac] x the short side, resized to size x size."""
     height, width = image.shape[:2]
     side = int(rng.uniform(min_frac, max_frac) * min(height, width))
     top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-    crop = Image.fromarray(image[top : top + side, left : left + side]).resize((size, size), Image.Resampling.BILINEAR)
+    crop = Image.fromarray(image[top : top + side, left : left + side]).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
     out = np.asarray(crop)
     return out[:, ::-1] if rng.random() < 0.5 else out
 
@@ -135,7 +141,9 @@ def texture_patch(texture: np.ndarray, size: int, rng: np.random.Generator) -> n
 
 
 def resize_float(image: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(image.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(image.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
+    )
 
 
 def fashion_silhouette(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,10 +162,13 @@ def procedural_shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarr
         a, b = rng.uniform(0.3, 0.5) * size, rng.uniform(0.18, 0.45) * size
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         xs, ys = a * np.cos(t), b * np.sin(t)
-        points = np.stack([xs * np.cos(angle) - ys * np.sin(angle), xs * np.sin(angle) + ys * np.cos(angle)], 1)
+        points = np.stack(
+            [xs * np.cos(angle) - ys * np.sin(angle), xs * np.sin(angle) + ys * np.cos(angle)], 1
+        )
     elif kind == "polygon":
         k = int(rng.integers(3, 9))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+        step = 2 * np.pi / k  # evenly spread vertices with jitter: no slivers
+        angles = np.arange(k) * step + rng.uniform(-0.3, 0.3, k) * step + rng.uniform(0, 2 * np.pi)
         radii = rng.uniform(0.28, 0.5, k) * size
         points = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
     elif kind == "star":
@@ -210,7 +221,7 @@ def target_scene(index: int, split: str, seed: int, size: int, glyph_images: np.
         if mask_obj.sum() >= 0.02 * size * size:
             break
     tint = rng.uniform(0.55, 1.0, 3)
-    background = (random_crop(photos[rng.integers(len(photos))], size, rng, 0.25, 0.8) * (tint / tint.max()))
+    background = random_crop(photos[rng.integers(len(photos))], size, rng, 0.25, 0.8) * (tint / tint.max())
     texture = texture_patch(pool_b[rng.integers(len(pool_b))], side, rng)
     top, left = rng.integers(0, size - side + 1), rng.integers(0, size - side + 1)
     mask = np.zeros((size, size), dtype=bool)
@@ -220,8 +231,10 @@ def target_scene(index: int, split: str, seed: int, size: int, glyph_images: np.
     return compose(background.astype(np.uint8), foreground, mask), mask.astype(np.uint8), kind
 
 
-def build_scenes(domain: str, split: str, n: int, seed: int = 0, image_size: int = 64) -> SceneSet:
-    """``n`` scenes of ``domain`` for ``split`` (cached .npz). Scene i depends only on (domain, split, i, seed).
+def build_scenes(
+    domain: str, split: str, n: int, seed: int = 0, image_size: int = 64, use_cache: bool = True
+) -> SceneSet:
+    """``n`` scenes of ``domain`` for ``split`` (cached .npz); scene i depends on (domain, split, i, seed).
 
     Source objects come from Fashion-MNIST train[:50k] (train), train[50k:] (val) or test (test);
     target glyph shapes from the glyph set's train+val alphabets (train, val) or test alphabets (test).
@@ -231,18 +244,22 @@ def build_scenes(domain: str, split: str, n: int, seed: int = 0, image_size: int
     check_split(split)
     if n < 1 or image_size < 16:
         raise ValueError(f"n={n} must be >= 1 and image_size={image_size} >= 16")
-    key = config_key([SCENES_VERSION, domain, split, n, seed, image_size])
-    path = cache_dir("scenes", key) / "scenes.npz"
-    if path.exists():
+    key = config_key([SCENES_VERSION, GLYPHS_VERSION, domain, split, n, seed, image_size])
+    path = cache_dir("scenes", key) / "scenes.npz" if use_cache else None
+    if path is not None and path.exists():
         with np.load(path) as data:
             return SceneSet(data["images"], data["masks"], data["labels"], domain)
     if domain == "source":
         images, labels = load_fashion_mnist("test" if split == "test" else "train")
-        part = {"train": slice(0, _FMNIST_VAL_START), "val": slice(_FMNIST_VAL_START, None)}.get(split, slice(None))
+        part = {"train": slice(0, _FMNIST_VAL_START), "val": slice(_FMNIST_VAL_START, None)}.get(
+            split, slice(None)
+        )
         scenes = [source_scene(i, split, seed, image_size, images[part], labels[part]) for i in range(n)]
     else:
         glyphs = build_glyphs(progress=False)
-        chars = np.concatenate([glyphs.split_chars(s) for s in (("test",) if split == "test" else ("train", "val"))])
+        chars = np.concatenate(
+            [glyphs.split_chars(s) for s in (("test",) if split == "test" else ("train", "val"))]
+        )
         glyph_images = glyphs.images[np.isin(glyphs.labels, chars)]
         scenes = [target_scene(i, split, seed, image_size, glyph_images) for i in range(n)]
     result = SceneSet(
@@ -251,10 +268,11 @@ def build_scenes(domain: str, split: str, n: int, seed: int = 0, image_size: int
         labels=np.array([s[2] for s in scenes], dtype=np.int64),
         domain=domain,
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    np.savez(tmp, images=result.images, masks=result.masks, labels=result.labels)
-    os.replace(tmp, path)
+    if path is not None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+        os.close(fd)
+        np.savez(tmp, images=result.images, masks=result.masks, labels=result.labels)
+        os.replace(tmp, path)
     return result
 
 
@@ -306,7 +324,9 @@ class SceneDataModule(ArrayDataModule):
         if domain not in DOMAINS:
             raise ValueError(f"unknown scene domain {domain!r}; use one of {list(DOMAINS)}")
         if not 0.0 < label_fraction <= 1.0:
-            raise ValueError(f"label_fraction={label_fraction} must lie in (0, 1] (the share of labelled train scenes)")
+            raise ValueError(
+                f"label_fraction={label_fraction} must lie in (0, 1] (the share of labelled train scenes)"
+            )
         self.domain = domain
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.label_fraction = label_fraction

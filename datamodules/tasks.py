@@ -83,20 +83,28 @@ class _IntLabels(Dataset):
 class FewShotTaskDataset(Dataset):
     """``num_tasks`` reproducible few-shot tasks over a dataset of (image, label); item i is a TaskBatch."""
 
-    def __init__(self, dataset: Dataset, ways: int, shots: int, queries: int, num_tasks: int, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, ways: int, shots: int, queries: int, num_tasks: int, seed: int = 0
+    ) -> None:
         l2l = _learn2learn()
         labels = dataset_labels(dataset)
         classes, counts = np.unique(labels, return_counts=True)
         if ways < 2 or shots < 1 or queries < 0 or num_tasks < 1:
-            raise ValueError(f"ways={ways} (>= 2), shots={shots} (>= 1), queries={queries} (>= 0) and "
-                             f"num_tasks={num_tasks} (>= 1) are out of range")
+            raise ValueError(
+                f"ways={ways} (>= 2), shots={shots} (>= 1), queries={queries} (>= 0) and "
+                f"num_tasks={num_tasks} (>= 1) are out of range"
+            )
         if len(classes) < ways:
-            raise ValueError(f"{ways}-way tasks need >= {ways} classes but the dataset has {len(classes)}; "
-                             "lower ways or use a larger split")
+            raise ValueError(
+                f"{ways}-way tasks need >= {ways} classes but the dataset has {len(classes)}; "
+                "lower ways or use a larger split"
+            )
         eligible = classes[counts >= shots + queries]
         if len(eligible) < len(classes):
-            raise ValueError(f"{len(classes) - len(eligible)} classes have fewer than shots+queries="
-                             f"{shots + queries} examples (smallest has {counts.min()}); lower shots or queries")
+            raise ValueError(
+                f"{len(classes) - len(eligible)} classes have fewer than shots+queries="
+                f"{shots + queries} examples (smallest has {counts.min()}); lower shots or queries"
+            )
         self.ways, self.shots, self.queries, self.num_tasks, self.seed = ways, shots, queries, num_tasks, seed
         labels_to_indices = {int(c): np.flatnonzero(labels == c).tolist() for c in classes}
         meta = l2l.data.MetaDataset(_IntLabels(dataset), labels_to_indices=labels_to_indices)
@@ -128,14 +136,16 @@ class FewShotTaskDataset(Dataset):
         )
 
 
-def make_task_dataset(dataset: Dataset, ways: int, shots: int, queries: int, num_tasks: int,
-                      seed: int = 0) -> FewShotTaskDataset:
+def make_task_dataset(
+    dataset: Dataset, ways: int, shots: int, queries: int, num_tasks: int, seed: int = 0
+) -> FewShotTaskDataset:
     """``num_tasks`` ``ways``-way ``shots``-shot tasks with ``queries`` query examples per class."""
     return FewShotTaskDataset(dataset, ways, shots, queries, num_tasks, seed)
 
 
-def fixed_tasks(dataset: Dataset, ways: int, shots: int, queries: int = 1, num_tasks: int = 50,
-                seed: int = 1234) -> list[TaskBatch]:
+def fixed_tasks(
+    dataset: Dataset, ways: int, shots: int, queries: int = 1, num_tasks: int = 50, seed: int = 1234
+) -> list[TaskBatch]:
     """A fixed list of tasks (same for every call with the same arguments) for representation analyses."""
     tasks = make_task_dataset(dataset, ways, shots, queries, num_tasks, seed)
     return [tasks[i] for i in range(num_tasks)]
@@ -205,10 +215,15 @@ class FewShotDataModule(L.LightningDataModule):
             order = np.random.default_rng(self.seed).permutation(n_classes)
             n_train = round(n_classes * OMNIGLOT_CLASS_SPLIT[0] / sum(OMNIGLOT_CLASS_SPLIT))
             n_val = round(n_classes * OMNIGLOT_CLASS_SPLIT[1] / sum(OMNIGLOT_CLASS_SPLIT))
-            groups = {"train": order[:n_train], "val": order[n_train : n_train + n_val],
-                      "test": order[n_train + n_val :]}
+            groups = {
+                "train": order[:n_train],
+                "val": order[n_train : n_train + n_val],
+                "test": order[n_train + n_val :],
+            }
             labels = omniglot.labels.numpy()
-            return {s: Subset(omniglot, np.flatnonzero(np.isin(labels, g)).tolist()) for s, g in groups.items()}
+            return {
+                s: Subset(omniglot, np.flatnonzero(np.isin(labels, g)).tolist()) for s, g in groups.items()
+            }
         files = {"train": "train", "val": "validation", "test": "test"}
         return {s: fullscale.load_mini_imagenet(self.data_root, f, self.download) for s, f in files.items()}
 
@@ -217,7 +232,11 @@ class FewShotDataModule(L.LightningDataModule):
             self.class_datasets = self.build_class_datasets()
             for k, split in enumerate(("train", "val", "test")):
                 self.task_datasets[split] = make_task_dataset(
-                    self.class_datasets[split], self.ways, self.shots, self.queries, self.num_tasks[split],
+                    self.class_datasets[split],
+                    self.ways,
+                    self.shots,
+                    self.queries,
+                    self.num_tasks[split],
                     seed=self.seed * 3 + k,
                 )
 
@@ -242,8 +261,9 @@ class FewShotDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.loader("test", shuffle=False)
 
-    def analysis_tasks(self, num_tasks: int = 50, split: str = "test", queries: int = 1,
-                       seed: int = 1234) -> list[TaskBatch]:
+    def analysis_tasks(
+        self, num_tasks: int = 50, split: str = "test", queries: int = 1, seed: int = 1234
+    ) -> list[TaskBatch]:
         """A fixed list of tasks from ``split`` (independent of the training seed) for analyses."""
         self.setup()
         assert self.class_datasets is not None

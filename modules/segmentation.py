@@ -251,5 +251,5 @@ class SegmentationModule(L.LightningModule):
         return {"encoder": self.net.encoder, "decoder": self.net.decoder}
 
     def default_watch_layers(self) -> list[str]:
-        """Encoder stages for representation callbacks (timm feature blocks)."""
-        return [f"net.encoder.model.blocks.{i}" for i in range(len(self.net.encoder.model.blocks))]
+        """The encoder stages whose outputs feed the decoder (timm ``feature_info``), shallow to deep."""
+        return [f"net.encoder.model.{name}" for name in self.net.encoder.model.feature_info.module_name()]

@@ -31,7 +31,7 @@ def dot64(a: Tensor, b: Tensor) -> float:
     return float(torch.sum(a * b, dtype=torch.float64))
 
 
-def _edges(n: int, block: int) -> list[tuple[int, int]]:
+def edges(n: int, block: int) -> list[tuple[int, int]]:
     """Near-equal consecutive [start, stop) ranges of at most `block` covering range(n)."""
     parts = max(1, -(-n // block))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
@@ -40,11 +40,11 @@ def _edges(n: int, block: int) -> list[tuple[int, int]]:
 
 def self_feature_sq(xc: Tensor, block: int = BLOCK) -> float:
     """||Xc^T Xc||_F^2 from D x D blocks (upper triangle only)."""
-    edges = _edges(xc.shape[1], block)
+    spans = edges(xc.shape[1], block)
     total = 0.0
-    for i, (a0, a1) in enumerate(edges):
+    for i, (a0, a1) in enumerate(spans):
         left = xc[:, a0:a1].T
-        for b0, b1 in edges[i:]:
+        for b0, b1 in spans[i:]:
             total += (1.0 if b0 == a0 else 2.0) * sq64(left @ xc[:, b0:b1])
     return total
 
@@ -52,20 +52,20 @@ def self_feature_sq(xc: Tensor, block: int = BLOCK) -> float:
 def cross_feature_sq(xc: Tensor, yc: Tensor, block: int = BLOCK) -> float:
     """||Xc^T Yc||_F^2 from Dx x Dy blocks."""
     total = 0.0
-    for a0, a1 in _edges(xc.shape[1], block):
+    for a0, a1 in edges(xc.shape[1], block):
         left = xc[:, a0:a1].T
-        for b0, b1 in _edges(yc.shape[1], block):
+        for b0, b1 in edges(yc.shape[1], block):
             total += sq64(left @ yc[:, b0:b1])
     return total
 
 
 def gram_space_sums(xc: Tensor, yc: Tensor, block: int = BLOCK) -> tuple[float, float, float]:
     """(<K, L>, ||K||^2, ||L||^2) for K = Xc Xc^T, L = Yc Yc^T from N x N blocks (upper triangle only)."""
-    edges = _edges(xc.shape[0], block)
+    spans = edges(xc.shape[0], block)
     xy = xx = yy = 0.0
-    for i, (a0, a1) in enumerate(edges):
+    for i, (a0, a1) in enumerate(spans):
         xa, ya = xc[a0:a1], yc[a0:a1]
-        for b0, b1 in edges[i:]:
+        for b0, b1 in spans[i:]:
             weight = 1.0 if b0 == a0 else 2.0
             k, l_ = xa @ xc[b0:b1].T, ya @ yc[b0:b1].T
             xy += weight * dot64(k, l_)
@@ -76,11 +76,11 @@ def gram_space_sums(xc: Tensor, yc: Tensor, block: int = BLOCK) -> tuple[float, 
 
 def self_gram_sq(xc: Tensor, block: int = BLOCK) -> float:
     """||Xc Xc^T||_F^2 from N x N blocks (upper triangle only)."""
-    edges = _edges(xc.shape[0], block)
+    spans = edges(xc.shape[0], block)
     total = 0.0
-    for i, (a0, a1) in enumerate(edges):
+    for i, (a0, a1) in enumerate(spans):
         xa = xc[a0:a1]
-        for b0, b1 in edges[i:]:
+        for b0, b1 in spans[i:]:
             total += (1.0 if b0 == a0 else 2.0) * sq64(xa @ xc[b0:b1].T)
     return total
 
@@ -112,10 +112,10 @@ def gram(xc: Tensor, block: int = BLOCK) -> Tensor:
     """The full N x N Gram matrix Xc Xc^T in Xc's dtype, computing only the upper triangle of blocks."""
     n = xc.shape[0]
     out = torch.empty(n, n, dtype=xc.dtype, device=xc.device)
-    edges = _edges(n, block)
-    for i, (a0, a1) in enumerate(edges):
+    spans = edges(n, block)
+    for i, (a0, a1) in enumerate(spans):
         xa = xc[a0:a1]
-        for b0, b1 in edges[i:]:
+        for b0, b1 in spans[i:]:
             blk = xa @ xc[b0:b1].T
             out[a0:a1, b0:b1] = blk
             if b0 != a0:
@@ -125,36 +125,56 @@ def gram(xc: Tensor, block: int = BLOCK) -> Tensor:
 
 def row_sums64(k: Tensor, block: int = BLOCK) -> Tensor:
     """Row sums of an N x N matrix accumulated in float64."""
-    return torch.cat([k[a0:a1].sum(1, dtype=torch.float64) for a0, a1 in _edges(k.shape[0], block)])
+    return torch.cat([k[a0:a1].sum(1, dtype=torch.float64) for a0, a1 in edges(k.shape[0], block)])
+
+
+def _centring(k: Tensor, debiased: bool, block: int) -> tuple[Tensor, float]:
+    """Per-row offsets r and grand offset m such that Kc_ij = K_ij - r_i - r_j + m (float64).
+
+    Biased: Kc = H K H. Debiased: Kc is the U-centred K, defined with a zero diagonal (Song et al. 2012;
+    Szekely & Rizzo 2014), whose inner products are n(n-3) times the unbiased HSIC.
+    """
+    n = k.shape[0]
+    rows = row_sums64(k, block)
+    if debiased:
+        rows = rows - k.diagonal().to(torch.float64)
+        return rows / (n - 2), float(rows.sum()) / ((n - 1) * (n - 2))
+    return rows / n, float(rows.sum()) / n**2
+
+
+def _centred_block(k: Tensor, rows: Tensor, mean: float, a0: int, a1: int, debiased: bool) -> Tensor:
+    """Rows a0:a1 of the centred kernel, in float64."""
+    blk = k[a0:a1].to(torch.float64) - rows[a0:a1, None] - rows[None, :] + mean
+    if debiased:
+        blk.diagonal(offset=a0).zero_()
+    return blk
 
 
 def centred_gram_sums(k: Tensor, l_: Tensor, *, debiased: bool,
-                      block: int = BLOCK) -> tuple[float, float, float]:
-    """(<Kc, Lc>, ||Kc||^2, ||Lc||^2) for explicitly centred kernels, all in float64.
+                      block: int = 1024) -> tuple[float, float, float]:
+    """(<Kc, Lc>, ||Kc||^2, ||Lc||^2) for explicitly centred kernels (see _centring), all in float64.
 
-    Biased: Kc = H K H (Kornblith et al. 2019). Debiased: Kc is the U-centred K (zero diagonal;
-    Song et al. 2012 / Szekely & Rizzo 2014), whose inner product is n(n-3) times the unbiased HSIC.
     The centring is applied block by block in float64, so a kernel stored in float32 loses nothing
     to the cancellation between K and its means.
     """
-    n = k.shape[0]
-    kd, ld = k.diagonal().to(torch.float64), l_.diagonal().to(torch.float64)
-    rk, rl = row_sums64(k, block), row_sums64(l_, block)
-    if debiased:
-        rk, rl = rk - kd, rl - ld
-        mk, ml = rk.sum() / ((n - 1) * (n - 2)), rl.sum() / ((n - 1) * (n - 2))
-        rk, rl = rk / (n - 2), rl / (n - 2)
-    else:
-        mk, ml = rk.sum() / n**2, rl.sum() / n**2
-        rk, rl = rk / n, rl / n
+    rk, mk = _centring(k, debiased, block)
+    rl, ml = _centring(l_, debiased, block)
     xy = xx = yy = 0.0
-    for a0, a1 in _edges(n, block):
-        kb = k[a0:a1].to(torch.float64) - rk[a0:a1, None] - rk[None, :] + mk
-        lb = l_[a0:a1].to(torch.float64) - rl[a0:a1, None] - rl[None, :] + ml
-        if debiased:
-            kb.diagonal(offset=a0).zero_()
-            lb.diagonal(offset=a0).zero_()
+    for a0, a1 in edges(k.shape[0], block):
+        kb = _centred_block(k, rk, mk, a0, a1, debiased)
+        lb = _centred_block(l_, rl, ml, a0, a1, debiased)
         xy += float(torch.dot(kb.reshape(-1), lb.reshape(-1)))
         xx += float(torch.dot(kb.reshape(-1), kb.reshape(-1)))
         yy += float(torch.dot(lb.reshape(-1), lb.reshape(-1)))
     return xy, xx, yy
+
+
+def centre_kernel_(k: Tensor, *, debiased: bool, block: int = 1024) -> float:
+    """Centre the kernel in place (H K H, or U-centred when debiased); return ||Kc||^2 (float64 values)."""
+    rows, mean = _centring(k, debiased, block)
+    total = 0.0
+    for a0, a1 in edges(k.shape[0], block):
+        blk = _centred_block(k, rows, mean, a0, a1, debiased)
+        total += float(torch.dot(blk.reshape(-1), blk.reshape(-1)))
+        k[a0:a1] = blk
+    return total

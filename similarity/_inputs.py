@@ -48,19 +48,19 @@ def check_choice(kind: str, value: str, choices: Iterable[str]) -> str:
 def as_matrix(x: Tensor, name: str = "x") -> Tensor:
     """[N, ...] -> [N, D] (a view when possible); rejects non-tensors, scalars, complex and non-finite."""
     if not isinstance(x, Tensor):
-        raise SimilarityInputError(f"{name} must be a torch.Tensor of shape [N, ...], got {type(x).__name__}; "
+        raise SimilarityInputError(f"{name} must be a torch.Tensor [N, ...], got {type(x).__name__}; "
                                    f"convert it with torch.as_tensor({name}).")
     if x.dim() < 1 or x.shape[0] == 0:
-        raise SimilarityInputError(f"{name} has shape {tuple(x.shape)}; pass representations as [N, ...] with "
-                                   "one row per example (N >= 1).")
+        raise SimilarityInputError(f"{name} has shape {tuple(x.shape)}; pass representations as [N, ...] "
+                                   "with one row per example (N >= 1).")
     if x.is_complex():
         raise SimilarityInputError(f"{name} is complex ({x.dtype}); pass real representations.")
     x = x.detach().reshape(x.shape[0], -1)
     if x.shape[1] == 0:
-        raise SimilarityInputError(f"{name} has no features (shape {tuple(x.shape)}); pass [N, D] with D >= 1.")
+        raise SimilarityInputError(f"{name} has no features (shape {tuple(x.shape)}); pass [N, D], D >= 1.")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise SimilarityInputError(f"{name} contains NaN or infinite values; remove those examples or fix the "
-                                   "activations that overflowed before comparing.")
+        raise SimilarityInputError(f"{name} contains NaN or infinite values; remove those examples or fix "
+                                   "the activations that overflowed before comparing.")
     return x
 
 
@@ -68,13 +68,13 @@ def as_pair(x: Tensor, y: Tensor, *, min_examples: int = 2) -> tuple[Tensor, Ten
     """Both inputs as [N, D] matrices on one device with the same number of examples N >= min_examples."""
     x, y = as_matrix(x, "x"), as_matrix(y, "y")
     if x.shape[0] != y.shape[0]:
-        raise SimilarityInputError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; both representations "
-                                   "must be computed on the same examples in the same order.")
+        raise SimilarityInputError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; both representations"
+                                   " must be computed on the same examples in the same order.")
     if x.shape[0] < min_examples:
         raise SimilarityInputError(f"this measure needs at least {min_examples} examples, got {x.shape[0]}; "
                                    "compare on more examples.")
     if x.device != y.device:
-        raise SimilarityInputError(f"x is on {x.device} but y is on {y.device}; move both to one device first.")
+        raise SimilarityInputError(f"x is on {x.device} but y is on {y.device}; move both to one device.")
     return x, y
 
 

@@ -52,7 +52,7 @@ class LinearCKAAccumulator(Metric):
 
     @staticmethod
     def _zeros(shape: tuple[int | None, ...]) -> Tensor:
-        """Zeros of the shape, or an empty placeholder (filled at the first update) when a width is unknown."""
+        """Zeros of the shape, or an empty placeholder (filled at the first update) if a width is unknown."""
         if any(s is None for s in shape):
             return torch.zeros(0, dtype=_F64)
         return torch.zeros(shape, dtype=_F64)
@@ -66,9 +66,9 @@ class LinearCKAAccumulator(Metric):
             if state.numel() == 0 and math.prod(shape) > 0:
                 setattr(self, name, torch.zeros(shape, dtype=_F64, device=device))
             elif tuple(state.shape) != shape:
-                raise SimilarityInputError(f"batch widths (x: {dx}, y: {dy}) differ from the ones accumulated so "
-                                           f"far ({name} has shape {tuple(state.shape)}); feed every batch from "
-                                           "the same layers, or call reset() first.")
+                raise SimilarityInputError(f"batch widths (x: {dx}, y: {dy}) differ from those accumulated "
+                                           f"so far ({name} has shape {tuple(state.shape)}); feed every "
+                                           "batch from the same layers, or call reset() first.")
 
     def update(self, x: Tensor, y: Tensor) -> None:
         """Add a batch of paired examples (x[i] and y[i] describe the same input)."""

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from similarity._blocks import _edges, centred_gram_sums, gram, linear_sums
+from similarity._blocks import centred_gram_sums, edges, gram, linear_sums
 from similarity._inputs import SimilarityInputError, as_pair, centre, compute_dtype
 
 
@@ -82,19 +82,19 @@ def rbf_kernel(x: Tensor, *, bandwidth_factor: float = 1.0) -> Tensor:
     from float64 row norms and the Gram matrix in the compute dtype; the kernel is stored in that dtype.
     """
     if not bandwidth_factor > 0 or not math.isfinite(bandwidth_factor):
-        raise SimilarityInputError(f"bandwidth_factor must be a positive finite number, got {bandwidth_factor}; "
+        raise SimilarityInputError(f"bandwidth_factor must be positive and finite, got {bandwidth_factor}; "
                                    "1.0 uses the median distance itself.")
     xc, sq = centre(x, compute_dtype(x))  # distances are translation invariant; centring keeps them exact
     k = gram(xc)
     del xc
-    for a0, a1 in _edges(k.shape[0], 1024):
+    for a0, a1 in edges(k.shape[0], 1024):
         blk = (sq[a0:a1, None] + sq[None, :]) - 2 * k[a0:a1].to(torch.float64)
         blk.clamp_(min=0).diagonal(offset=a0).zero_()
         k[a0:a1] = blk
     med = median_sq_distance(k)
     if med <= 0:
-        raise SimilarityInputError("at least half of the pairs of examples are identical (median distance 0), so "
-                                   "the median-heuristic bandwidth is 0; remove duplicate examples.")
+        raise SimilarityInputError("at least half of the pairs of examples are identical (median distance 0),"
+                                   " so the median-heuristic bandwidth is 0; remove duplicate examples.")
     k.mul_(-1.0 / (2.0 * bandwidth_factor**2 * med)).exp_()
     return k
 
@@ -111,8 +111,9 @@ def rbf_cka(x: Tensor, y: Tensor, *, bandwidth_factor: float = 1.0, debiased: bo
 
 
 def minibatch_cka(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> float:
-    """Minibatch CKA of Nguyen et al. (2021): sum_i HSIC_1(x_i, y_i) / sqrt(sum HSIC_1(x_i, x_i) sum HSIC_1(y_i, y_i)).
+    """Minibatch CKA (Nguyen et al. 2021), a different estimator from full-data CKA.
 
+    CKA_mb = sum_i HSIC_1(x_i, y_i) / sqrt(sum_i HSIC_1(x_i, x_i) * sum_i HSIC_1(y_i, y_i)), where
     HSIC_1 is the unbiased (debiased) HSIC of each batch with a linear kernel, each batch normalised by
     its own n(n-3). xs and ys yield matching batches (same examples, >= 4 each, as many batches).
     """
@@ -132,7 +133,7 @@ def minibatch_cka(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> float:
         xy, xx, yy = xy + bxy * scale, xx + bxx * scale, yy + byy * scale
         count += 1
     if next(ys_iter, None) is not None:
-        raise SimilarityInputError(f"ys yielded more batches than xs ({count}); pass iterables of the same length.")
+        raise SimilarityInputError(f"ys yielded more batches than xs ({count}); pass equally long iterables.")
     if count == 0:
-        raise SimilarityInputError("minibatch_cka got no batches; pass at least one pair of [n, ...] batches.")
+        raise SimilarityInputError("minibatch_cka got no batches; pass at least one pair of [n, ...] batches")
     return _ratio(xy, xx, yy)

@@ -8,7 +8,14 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from similarity._inputs import SimilarityInputError, UnknownNameError, as_pair, centre, compute_dtype, did_you_mean
+from similarity._inputs import (
+    SimilarityInputError,
+    UnknownNameError,
+    as_pair,
+    centre,
+    compute_dtype,
+    did_you_mean,
+)
 
 
 def _row_space(xc: Tensor) -> Tensor:
@@ -60,8 +67,8 @@ def weight_l2_distance(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tens
         only_a, only_b = sorted(set(keys_a) - set(keys_b)), sorted(set(keys_b) - set(keys_a))
         if only_a or only_b:
             raise UnknownNameError(f"the state dicts hold different floating-point tensors (only in state_a: "
-                                   f"{only_a[:5]}, only in state_b: {only_b[:5]}); compare states of the same "
-                                   "architecture or pass keys=[...] naming the tensors to compare.")
+                                   f"{only_a[:5]}, only in state_b: {only_b[:5]}); compare states of the same"
+                                   " architecture or pass keys=[...] naming the tensors to compare.")
         keys = keys_a
     total = 0.0
     count = 0
@@ -72,8 +79,8 @@ def weight_l2_distance(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tens
                                        "Pass keys that both state dicts hold.")
         a, b = state_a[key], state_b[key]
         if a.shape != b.shape:
-            raise SimilarityInputError(f"{key!r} has shape {tuple(a.shape)} in state_a but {tuple(b.shape)} in "
-                                       "state_b; compare states of the same architecture or leave it out of keys.")
+            raise SimilarityInputError(f"{key!r} has shape {tuple(a.shape)} in state_a but {tuple(b.shape)} "
+                                       "in state_b; compare one architecture's states or leave the key out")
         diff = a.detach().to(torch.float64) - b.detach().to(device=a.device, dtype=torch.float64)
         total += float(torch.dot(diff.reshape(-1), diff.reshape(-1)))
         count += 1

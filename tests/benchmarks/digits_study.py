@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.study import Run, RunContext, Study
+from datamodules.samplers import EpochSeededRandomSampler
 
 REGISTRATION = "digits=tests.benchmarks.digits_study:DigitsStudy"
 
@@ -38,10 +39,11 @@ class DigitsModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def digits_loader() -> DataLoader:
+def digits_loader(batch_size: int = 64) -> DataLoader:
+    """512 digits; with ``batch_size`` = 256 on each of 2 DDP ranks, a step sees the same 512 as one process."""
     x, y = load_digits(return_X_y=True)
     data = TensorDataset(torch.tensor(x[:512] / 16.0, dtype=torch.float32), torch.tensor(y[:512]))
-    return DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return DataLoader(data, batch_size=batch_size, sampler=EpochSeededRandomSampler(len(data), seed=0))
 
 
 class Interrupt(L.Callback):
@@ -61,7 +63,8 @@ class DigitsStudy(Study):
     executed: list[str] = []
 
     def plan(self, cfg):
-        stage_cfg = {"epochs": cfg["epochs"], "lr": 0.05, "epoch_delay": cfg.get("epoch_delay", 0.0)}
+        stage_cfg = {"epochs": cfg["epochs"], "lr": 0.05, "epoch_delay": cfg.get("epoch_delay", 0.0),
+                     "batch_size": cfg.get("batch_size", 64)}
         pre = [Run("digits", "pretrain", {"seed": s}, stage_cfg) for s in cfg["seeds"]]
         post = [Run("digits", "finetune", {"seed": s}, {"epochs": 2}, needs=(p.key,))
                 for s, p in zip(cfg["seeds"], pre)]
@@ -75,7 +78,8 @@ class DigitsStudy(Study):
             model.load_state_dict(torch.load(ctx.output_of(key) / "model.pt"))
         callbacks = [Interrupt(self.interrupt_at)] if self.interrupt_at is not None else []
         trainer = ctx.trainer(max_epochs=run.config["epochs"], callbacks=callbacks)
-        trainer.fit(model, digits_loader(), ckpt_path=ctx.resume_path())
+        batch_size = run.config.get("batch_size", 64) // max(1, trainer.world_size)
+        trainer.fit(model, digits_loader(batch_size), ckpt_path=ctx.resume_path())
         if trainer.global_rank == 0:
             torch.save(model.state_dict(), ctx.run_dir / "model.pt")
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])

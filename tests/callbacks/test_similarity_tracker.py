@@ -43,9 +43,9 @@ def test_a_snapshot_is_fully_similar_to_itself_and_a_frozen_layer_stays_so(tmp_p
     snap, tracker = run(tmp_path, TinyClassifier(frozen=("net.block1",), lr=0.2))
     at_start = values(tracker, "start", "fit_start")
     assert list(at_start) == LAYERS
-    assert all(v == pytest.approx(1.0, abs=1e-9) for v in at_start.values())
+    assert all(v == pytest.approx(1.0, abs=1e-6) for v in at_start.values())
     final = values(tracker, "start", snap.latest.tag)
-    assert final["net.block1"] == pytest.approx(1.0, abs=1e-9)  # frozen: unchanged representations
+    assert final["net.block1"] == pytest.approx(1.0, abs=1e-6)  # frozen: unchanged representations
     assert final["net.head"] < 0.999  # trained layers moved away from their start
     random_init = values(tracker, "random_init", "fit_start")
     assert all(0.0 <= v < 0.999 for v in random_init.values())
@@ -91,7 +91,7 @@ def test_other_weights_and_precomputed_representations_as_references(tmp_path):
     tracker = SimilarityTracker(references, get_measure("linear_cka"), snapshots=snap, heatmaps="never")
     make_trainer(tmp_path, [snap, tracker], epochs=1).fit(model, loader(16))
     for name in ("same", "given"):
-        assert all(v == pytest.approx(1.0, abs=1e-9) for v in values(tracker, name, "fit_start").values())
+        assert all(v == pytest.approx(1.0, abs=1e-6) for v in values(tracker, name, "fit_start").values())
     assert values(tracker, "other", "fit_start")["net.head"] < 0.999
     assert not list(tmp_path.glob("similarity_matrix_*"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -79,16 +80,39 @@ def make_trainer(root: Path, callbacks: list, *, epochs: int = 2, logger=None, *
     return Trainer(**options)
 
 
-def read_wandb(root: Path):
-    """Finish the active W&B run and read the one offline run under ``root`` back."""
+def _complete(run_file: Path) -> bool:
+    """True once the offline run file ends with W&B's "exit" record."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from benchmarks.wandb_reader import _payloads
+
+    kind = None
+    for payload in _payloads(run_file.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+    return kind == "exit"
+
+
+def read_wandb(root: Path, timeout: float = 60.0):
+    """Finish the active W&B run and read the one offline run under ``root`` back.
+
+    ``wandb.finish()`` returns before the service has written the file (it can still be the bare
+    7-byte header), so wait for the closing "exit" record first.
+    """
     import wandb
 
     from benchmarks.wandb_reader import find_offline_runs, read_offline_run
 
     wandb.finish()
-    runs = find_offline_runs(root)
-    assert len(runs) == 1, runs
-    return read_offline_run(runs[0])
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = find_offline_runs(root)
+        if len(runs) == 1 and _complete(next(runs[0].glob("run-*.wandb"))):
+            return read_offline_run(runs[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no complete offline W&B run under {root} after {timeout}s: {runs}")
+        time.sleep(0.2)
 
 
 def media_types(run) -> dict[str, str]:

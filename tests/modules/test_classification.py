@@ -154,3 +154,20 @@ def test_a_timm_resnet_in_head_only_mode_keeps_its_body_bit_identical(tmp_path):
     before = snapshot(module)
     fit(module, tmp_path, data(16, channels=3, size=32), epochs=1)
     assert changed_keys(before, module) == {"fc.weight", "fc.bias"}
+
+
+def test_head_only_layers_keep_a_linear_cka_of_one_with_the_start_network(tmp_path):
+    from callbacks import RepresentationSnapshot, SimilarityTracker
+
+    module = conv4("head")
+    probe = torch.randn(48, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    snapshots = RepresentationSnapshot(probe, probe_size=48, save=False)
+    tracker = SimilarityTracker(("start",), "linear_cka", snapshots=snapshots, heatmaps="never", out_dir=tmp_path)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[snapshots, tracker])
+    trainer.fit(module, data())
+    final = {r["layer"]: r["value"] for r in tracker.rows if r["tag"] == snapshots.latest.tag}
+    assert list(final) == module.default_watch_layers()
+    for layer in ("net.block1", "net.block2", "net.block3", "net.block4"):
+        assert final[layer] == pytest.approx(1.0, abs=1e-6)  # identical inputs; float rounding only
+    assert final["net.head"] < 1.0 - 1e-4  # the trained head did change its representation

@@ -32,6 +32,15 @@ def make_tasks(seed: int = 1, image_size: int = 16) -> TaskBatch:
     return TaskBatch(sx, sy, qx, qy)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and lose a lot when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def net() -> Conv4:
     torch.manual_seed(0)

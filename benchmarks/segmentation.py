@@ -78,7 +78,8 @@ def _source_config(cfg: dict, task: str) -> dict:
     """Everything a source run depends on, and nothing else (so its key, and its cache, stay put)."""
     options = (cfg.get("source_tasks") or {}).get(task) or {}
     return {"task": task, "model": cfg["model"], "data": cfg["data"], "source": cfg["source"],
-            "task_options": options, "limit_batches": cfg.get("limit_batches")}
+            "task_options": options, "limit_batches": cfg.get("limit_batches"),
+            "checkpoint_every": cfg.get("checkpoint_every"), "threads": cfg.get("threads")}
 
 
 def _source_run(cfg: dict, task: str) -> Run:
@@ -152,6 +153,41 @@ def _trainer_limits(cfg: dict) -> dict:
     return {"limit_train_batches": limit, "limit_val_batches": limit, "limit_test_batches": limit}
 
 
+def set_threads(setting: int | str | None) -> int:
+    """Apply ``threads`` (an int, or ``auto``/null) to torch's intra-op pool; return the thread count used.
+
+    ``auto`` keeps torch's default unless the machine is already busy (1-minute load average >= half the
+    cores): then 1 thread. Under contention, OpenMP worker threads that spin while waiting for each other
+    made a training step of this U-Net 10x slower with 2 threads than with 1 (measured on 2 shared cores).
+    """
+    import os
+
+    import torch
+
+    if setting in (None, "auto"):
+        cores = os.cpu_count() or 1
+        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores / 2
+        threads = 1 if busy else torch.get_num_threads()
+    else:
+        threads = int(setting)
+        if threads < 1:
+            raise UserError(f"threads={setting} must be >= 1", "set threads to a positive number or auto")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _trainer(ctx: RunContext, cfg: dict, epochs: int, **kwargs: Any):
+    """A Trainer from the run context that checkpoints every ``checkpoint_every`` epochs (and at the end)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every = int(cfg.get("checkpoint_every") or 1)
+    checkpoint = ModelCheckpoint(dirpath=ctx.store.checkpoint_dir(ctx.run.key), filename="last", save_top_k=1,
+                                 every_n_epochs=every, save_last=False, enable_version_counter=False,
+                                 save_on_train_epoch_end=True)
+    return ctx.trainer(max_epochs=epochs, checkpoint=False, callbacks=[checkpoint], **_trainer_limits(cfg),
+                       **kwargs)
+
+
 def _module_common(cfg: dict) -> dict:
     model = cfg["model"]
     return {"encoder": model["encoder"], "decoder_channels": list(model["decoder_channels"]),
@@ -183,7 +219,8 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
         module = build_source_module(task, seed=seed, **common, **options)
     else:
         module = build_source_module(task, **common)
-    trainer = ctx.trainer(max_epochs=src["epochs"], **_trainer_limits(cfg))
+    threads = set_threads(cfg.get("threads"))
+    trainer = _trainer(ctx, cfg, src["epochs"])
     start = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
@@ -193,6 +230,7 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
                                           "decoder_channels": list(cfg["model"]["decoder_channels"]),
                                           "run_key": run.key})
     metrics["train_seconds"] = time.time() - start
+    metrics["threads"] = float(threads)
     return metrics
 
 
@@ -265,7 +303,8 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
         if global_rank() == 0:
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
             torch.save(before, before_file)
-    trainer = ctx.trainer(max_epochs=tgt["epochs"], num_sanity_val_steps=0, **_trainer_limits(cfg))
+    threads = set_threads(cfg.get("threads"))
+    trainer = _trainer(ctx, cfg, tgt["epochs"], num_sanity_val_steps=0)
     start = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
     train_seconds = time.time() - start
@@ -282,7 +321,8 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
                "final_val_dice": float(curve[-1]) if curve else math.nan,
                "best_val_dice": float(max(curve)) if curve else math.nan,
                "epochs_to_95": float(epochs_to_fraction(curve) or math.nan),
-               "n_labelled": float(_n_labelled(dm)), "train_seconds": train_seconds, **stage_cka}
+               "n_labelled": float(_n_labelled(dm)), "train_seconds": train_seconds, "threads": float(threads),
+               **stage_cka}
     return metrics
 
 
@@ -326,7 +366,8 @@ class SegmentationStudy(Study):
         runs: list[Run] = list(sources.values())
         target_common = {"model": cfg["model"], "data": cfg["data"], "target": cfg["target"],
                          "imagenet": cfg["imagenet"], "analysis": cfg["analysis"],
-                         "limit_batches": cfg.get("limit_batches")}
+                         "limit_batches": cfg.get("limit_batches"), "checkpoint_every": cfg.get("checkpoint_every"),
+                         "threads": cfg.get("threads")}
         for fraction in _check_fractions(cfg["target"]["label_fractions"]):
             for seed in cfg["seeds"]:
                 for v in variants(cfg):

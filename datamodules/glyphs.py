@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
 from datamodules.fashion_mnist import (
@@ -41,7 +42,7 @@ from datamodules.fashion_mnist import (
 )
 from datamodules.paths import cache_dir
 
-GLYPHS_VERSION = 2  # bump when rendering changes, so old caches are not reused
+GLYPHS_VERSION = 3  # bump when rendering changes, so old caches are not reused
 DEFAULT_FONT_DIRS = ("/usr/share/fonts",)
 LETTER_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lo"})
 # Blocks that hold styled or contextual variants of other letters, or ideographs, not an alphabet.
@@ -279,7 +280,7 @@ class GlyphRenderer:
         self.margin = max(1, round(image_size / 14))
         self.point_size = 2 * image_size  # render at about twice the final size, then area-downsample
         self._faces: dict[int, ImageFont.FreeTypeFont | None] = {}
-        self._notdef: dict[int, tuple[tuple[int, int], bytes]] = {}
+        self._notdef: dict[int, Image.Image] = {}
 
     def face(self, font_id: int) -> ImageFont.FreeTypeFont | None:
         if font_id not in self._faces:
@@ -287,23 +288,29 @@ class GlyphRenderer:
                 face = ImageFont.truetype(
                     self.fonts[font_id].path, self.point_size, layout_engine=ImageFont.Layout.BASIC
                 )
-                mask = face.getmask(NOTDEF_PROBE, mode="L")
-                self._notdef[font_id] = (mask.size, bytes(mask))
+                self._faces[font_id] = face
+                self._notdef[font_id] = self.draw(NOTDEF_PROBE, face)
             except OSError:  # e.g. bitmap-only fonts that have no scalable outlines
-                face = None
-            self._faces[font_id] = face
+                self._faces[font_id] = None
         return self._faces[font_id]
+
+    @staticmethod
+    def draw(char: str, face: ImageFont.FreeTypeFont) -> Image.Image:
+        """The character drawn white on black on a canvas exactly its bounding box."""
+        left, top, right, bottom = face.getbbox(char)
+        canvas = Image.new("L", (max(1, right - left), max(1, bottom - top)))
+        ImageDraw.Draw(canvas).text((-left, -top), char, font=face, fill=255)
+        return canvas
 
     def render(self, char: str, font_id: int) -> np.ndarray | None:
         """The glyph as uint8 [S, S], or None if the font draws nothing or its .notdef box."""
         face = self.face(font_id)
         if face is None:
             return None
-        mask = face.getmask(char, mode="L")
-        raw = bytes(mask)
-        if mask.size[0] * mask.size[1] == 0 or (mask.size, raw) == self._notdef[font_id]:
+        glyph = self.draw(char, face)
+        notdef = self._notdef[font_id]
+        if glyph.size == notdef.size and glyph.tobytes() == notdef.tobytes():
             return None
-        glyph = Image.frombuffer("L", mask.size, raw, "raw", "L", 0, 1)
         bbox = glyph.getbbox()
         if bbox is None or max(bbox[2] - bbox[0], bbox[3] - bbox[1]) < self.point_size // 8:
             return None
@@ -371,13 +378,20 @@ def distort(
     )
     theta = np.concatenate([rot @ shr @ stretch, shift[:, :, None]], axis=2)
     base_t = torch.from_numpy(base).float()
+    # sampling grid = affine map of the pixel centres + a bicubic upsampling of the 4x4 control field,
+    # both written as small matrix products (much cheaper than affine_grid + interpolate per chunk)
+    centres = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    pixels = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
+    basis = F.interpolate(torch.eye(16).view(16, 1, 4, 4), size=(size, size), mode="bicubic", align_corners=True)
+    basis = basis.view(16, -1)
     out = np.empty((n, size, size), dtype=np.uint8)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        th = torch.from_numpy(theta[start:stop]).float()
-        grid = F.affine_grid(th, [stop - start, 1, size, size], align_corners=False)
-        field = torch.from_numpy(coarse[start:stop]).float()
-        grid = grid + F.interpolate(field, size=(size, size), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        m = stop - start
+        affine = pixels @ torch.from_numpy(theta[start:stop]).float().transpose(1, 2)
+        field = torch.from_numpy(coarse[start:stop]).float().view(m * 2, 16) @ basis
+        grid = (affine + field.view(m, 2, -1).transpose(1, 2)).view(m, size, size, 2)
         images = base_t[torch.from_numpy(source[start:stop])].unsqueeze(1)
         warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out[start:stop] = warped.squeeze(1).round().clamp_(0, 255).to(torch.uint8).numpy()
@@ -455,7 +469,8 @@ def build_glyphs(
         "distortion": distortion,
         "alphabets": sorted(alphabets) if alphabets is not None else None,
     }
-    key = config_key([config, files_fingerprint(files)])
+    renderer_versions = [PIL.__version__, getattr(ImageFont.core, "freetype2_version", "?")]
+    key = config_key([config, files_fingerprint(files), renderer_versions])
     if use_cache and key in _MEMO:
         return _MEMO[key]
     path = cache_dir("glyphs", key) / "glyphs.npz" if use_cache else None

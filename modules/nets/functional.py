@@ -56,9 +56,10 @@ class FunctionalConv4:
 
     layers = CONV4_LAYERS
 
-    def __init__(self, net: Conv4, batch_norm: BatchNormImpl = "native") -> None:
+    def __init__(self, net: Conv4, batch_norm: BatchNormImpl = "native", channels_last: bool = True) -> None:
         if batch_norm not in BATCH_NORM_IMPLS:
             raise ValueError(f"unknown batch_norm {batch_norm!r}; choose one of {BATCH_NORM_IMPLS}")
+        self.channels_last = channels_last
         self.norm = isinstance(net.block1[1], torch.nn.BatchNorm2d)
         self.eps = net.block1[1].eps if self.norm else 1e-5
         self.batch_norm = batch_norm
@@ -69,9 +70,11 @@ class FunctionalConv4:
     def _block(self, params: Params, index: int, x: torch.Tensor) -> torch.Tensor:
         prefix = f"block{index}"
         x = F.conv2d(x, params[f"{prefix}.0.weight"], params[f"{prefix}.0.bias"], padding=1)
+        if self.channels_last:  # a 1-channel input gives an NCHW output: switch once, then it stays NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.norm:
             x = self._bn(x, params[f"{prefix}.1.weight"], params[f"{prefix}.1.bias"], self.eps)
-        return F.max_pool2d(F.relu(x), 2)
+        return F.relu(F.max_pool2d(x, 2))  # equals pool(relu(x)) exactly; 4x fewer elements for relu
 
     def body(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The four blocks, flattened: the features the head reads."""

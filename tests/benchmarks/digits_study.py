@@ -29,7 +29,7 @@ class DigitsModel(L.LightningModule):
     def training_step(self, batch, _):
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def on_train_epoch_end(self):

@@ -86,6 +86,11 @@ def _wait(predicate, timeout: float, what: str, logs: Path) -> None:
                 f"{subprocess.run(['squeue'], capture_output=True, text=True).stdout}\nlogs:\n{shown}")
 
 
+def _requeued_and_held(job: str) -> bool:
+    info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return "Restarts=1" in info and "JobState=PENDING" in info
+
+
 @pytest.mark.slurm
 def test_job_arrays_with_stage_dependency_finish_every_run(tmp_path):
     cfg = {"epochs": 2, "seeds": [0, 1], "profile": "test"}
@@ -109,6 +114,8 @@ def test_requeued_job_resumes_with_the_same_result_and_wandb_run(tmp_path, monke
     job = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "ts-digits-pretrain"], capture_output=True,
                          text=True).stdout.split()[0]
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    _wait(lambda: _requeued_and_held(job), 120, "the job to be requeued", logs)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip SLURM's ~2 min hold
     _wait(lambda: store.is_finished(key), 420, "the requeued run to finish", logs)
     assert list(store.run_dir(key).glob("hpc_ckpt_*.ckpt")), "Lightning wrote no requeue checkpoint"
     log_text = "\n".join(p.read_text() for p in logs.glob("*.out"))

@@ -119,3 +119,4 @@ def media_types(run) -> dict[str, str]:
     """W&B media logged in a run read back: key -> "_type" (the reader flattens media to "<key>/_type")."""
     return {key.removesuffix("/_type"): value for row in run.history for key, value in row.items()
             if key.endswith("/_type")}
+

@@ -1,0 +1,99 @@
+"""RSA: RDMs as scipy defines them, comparisons as scipy/rsatoolbox compute them, MAML's 1 - rho."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rsatoolbox
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+import tests.similarity.float64_references as ref
+from similarity import UnknownNameError, compare_rdms, rdm, rsa_dissimilarity, rsa_similarity
+from similarity.rsa import average_ranks, kendall_tau_a
+
+FAST = settings(max_examples=20, deadline=None)
+
+
+def gaussian(n: int, d: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def related_pair(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = gaussian(n, 30, seed)
+    return x, torch.tanh(x @ gaussian(30, 20, seed + 1)) + 0.5 * gaussian(n, 20, seed + 2)
+
+
+@pytest.mark.parametrize("metric", ["correlation", "euclidean", "cosine"])
+def test_rdm_is_scipy_pdist_in_condensed_order(metric):
+    x = gaussian(70, 13, 0) + 1.0
+    got = rdm(x, metric)
+    assert got.dtype == torch.float64 and got.shape == (70 * 69 // 2,)
+    np.testing.assert_allclose(got.numpy(), ref.rdm(x, metric), rtol=0, atol=1e-12)
+
+
+def test_rdm_of_float32_input_is_float64_and_close_to_the_exact_one():
+    x = gaussian(300, 64, 1)
+    np.testing.assert_allclose(rdm(x.float()).numpy(), ref.rdm(x.float(), "correlation"), atol=1e-6)
+
+
+@FAST
+@given(st.integers(3, 30), st.integers(2, 12), st.integers(0, 10_000),
+       st.sampled_from(["correlation", "euclidean", "cosine"]),
+       st.sampled_from(["spearman", "pearson", "kendall_tau_a"]))
+def test_rsa_of_identical_inputs_is_one_and_its_dissimilarity_zero(n, d, seed, metric, compare):
+    x = gaussian(n, d, seed) + 0.1
+    assert rsa_similarity(x, x, rdm_metric=metric, compare=compare) == pytest.approx(1.0, abs=1e-12)
+    assert rsa_dissimilarity(x, x, rdm_metric=metric, compare=compare) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("compare", ["spearman", "pearson", "kendall_tau_a"])
+@pytest.mark.parametrize("metric", ["correlation", "euclidean", "cosine"])
+def test_rsa_matches_scipy_on_the_scipy_rdms(metric, compare):
+    x, y = related_pair(40, seed=3)
+    expected = ref.compare(ref.rdm(x, metric), ref.rdm(y, metric), compare)
+    assert rsa_similarity(x, y, rdm_metric=metric, compare=compare) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("ours,theirs", [("spearman", "spearman"), ("pearson", "corr"), ("kendall_tau_a", "tau-a")])
+def test_rsa_agrees_with_rsatoolbox_within_1e_8(ours, theirs):
+    x, y = related_pair(150, seed=4)
+    rdm_x = rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(x.numpy()), method="correlation")
+    rdm_y = rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(y.numpy()), method="correlation")
+    expected = float(rsatoolbox.rdm.compare(rdm_x, rdm_y, method=theirs).item())
+    assert abs(rsa_similarity(x, y, compare=ours) - expected) < 1e-8
+
+
+def test_rsa_dissimilarity_is_one_minus_the_similarity_of_the_maml_paper():
+    x, y = related_pair(50, seed=6)
+    rho = float(stats.spearmanr(ref.rdm(x, "correlation"), ref.rdm(y, "correlation")).statistic)
+    assert rsa_dissimilarity(x, y) == pytest.approx(1.0 - rho, abs=1e-12)
+    assert 0.0 < rsa_dissimilarity(x, y) < 1.0
+
+
+@FAST
+@given(st.lists(st.integers(-3, 3), min_size=2, max_size=60), st.integers(0, 10_000))
+def test_average_ranks_and_kendall_tau_a_handle_ties_like_the_definitions(values, seed):
+    a = np.array(values, dtype=np.float64)
+    b = np.random.default_rng(seed).integers(-2, 3, size=a.size).astype(np.float64)
+    np.testing.assert_array_equal(average_ranks(torch.from_numpy(a)).numpy(), stats.rankdata(a))
+    assert kendall_tau_a(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(
+        ref.kendall_tau_a_brute(a, b), abs=1e-12)
+
+
+def test_average_ranks_are_exact_for_values_closer_than_the_packed_sort_resolves():
+    base = np.random.default_rng(0).random(5_000)
+    values = np.concatenate([base, base * (1 + 1e-13), base * (1 - 1e-15), -base, [0.0, -0.0]])
+    np.testing.assert_array_equal(average_ranks(torch.from_numpy(values)).numpy(), stats.rankdata(values))
+
+
+def test_unknown_metric_or_comparison_suggests_the_right_name():
+    x = gaussian(5, 3, 0)
+    with pytest.raises(UnknownNameError, match="Did you mean 'correlation'"):
+        rdm(x, "corelation")
+    with pytest.raises(UnknownNameError, match="Did you mean 'spearman'"):
+        rsa_similarity(x, x, compare="spearmann")
+    with pytest.raises(ValueError, match="same N"):
+        compare_rdms(rdm(x), rdm(x[:4]))

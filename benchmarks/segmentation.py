@@ -240,7 +240,7 @@ def _probe_images(dm, size: int):
     from modules.segmentation import unpack_batch
 
     images = []
-    for batch in dm.val_dataloader():
+    for batch in dm.test_dataloader():  # the held-out test images: fixed, never trained on
         x, _, _ = unpack_batch(batch)
         images.append(x)
         if sum(len(i) for i in images) >= size:

@@ -25,6 +25,7 @@ from callbacks.plots import curves_figure, heatmap_figure
 from callbacks.references import Reference, StartReference, as_reference, reference_representations
 from callbacks.run_outputs import RunOutputs
 from callbacks.snapshot import RepresentationSnapshot, Snapshot
+from similarity import Measure as RegisteredMeasure
 from similarity import get_measure, similarity_matrix
 
 Measure = Callable[[torch.Tensor, torch.Tensor], float]
@@ -68,9 +69,11 @@ class SimilarityTracker(Callback):
                                       'pass e.g. references=("start",)')
         self.references: dict[str, Reference] = {name: as_reference(spec)
                                                   for name, spec in references.items()}
-        self.measure_name = measure if isinstance(measure, str) else getattr(measure, "__name__", "measure")
         self.measure: Measure = get_measure(measure) if isinstance(measure, str) else measure
-        self._named_measure = isinstance(measure, str)
+        # registry measures have a fast layer x layer path in similarity_matrix
+        self._named_measure = isinstance(self.measure, RegisteredMeasure)
+        self.measure_name = (self.measure.name if self._named_measure
+                             else getattr(measure, "__name__", type(measure).__name__))
         self.snapshots, self.prefix = snapshots, prefix
         self.heatmaps = check_choice("heatmaps", heatmaps, ("end", "every", "never"))
         self.include_on_demand, self.out_dir = include_on_demand, out_dir
@@ -78,7 +81,7 @@ class SimilarityTracker(Callback):
         self.rows: list[dict[str, Any]] = []
         self.matrices: dict[str, dict[str, Any]] = {}
         self._outputs: RunOutputs | None = None
-        self._defined = False
+        self._last_matrices: tuple[Snapshot, dict[str, Any]] | None = None
 
     # -- wiring ------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -113,27 +116,63 @@ class SimilarityTracker(Callback):
                     f"{did_you_mean(sorted(missing)[0], self.reference_reps[name])}",
                     "give representations for every watched layer (same names as the snapshot)")
 
+    # -- comparing ---------------------------------------------------------------------------------
+    def compare(self, snapshot: Snapshot, full: bool) -> dict[str, tuple[torch.Tensor, list[str], list[str]]]:
+        """Per reference: the layer x layer matrix (``full``) or only same-layer values (diagonal).
+
+        With a registry measure, one ``similarity_matrix`` call covers every reference: each layer is
+        prepared once (e.g. its Gram matrix), after which the cross pairs cost little, so the full
+        matrices come almost for free. A custom callable is only called on same-layer pairs unless
+        ``full``.
+        """
+        current = {k: as_matrix(v) for k, v in snapshot.representations.items()}
+        if self._named_measure or full:
+            combined = {(ref, layer): as_matrix(x) for ref, reps in self.reference_reps.items()
+                        for layer, x in reps.items()}
+            keys = list(combined)
+            matrix, rows, _ = similarity_matrix(current, {str(i): combined[k] for i, k in enumerate(keys)},
+                                                measure=self.measure)
+            out = {}
+            for ref in self.reference_reps:
+                columns = [i for i, (r, _) in enumerate(keys) if r == ref]
+                out[ref] = (matrix[:, columns], list(rows), [keys[i][1] for i in columns])
+            return out
+        out = {}
+        for ref, reps in self.reference_reps.items():
+            values = layer_similarities(snapshot.representations, reps, self.measure)
+            layers = list(values)
+            out[ref] = (torch.diag(torch.tensor([values[k] for k in layers], dtype=torch.float64)), layers, layers)
+        return out
+
     # -- listener interface ------------------------------------------------------------------------
     def on_snapshot(self, snapshot: Snapshot, trainer: Trainer | None, module: nn.Module) -> None:
         if not self._enabled(trainer) or (snapshot.moment == "on_demand" and not self.include_on_demand):
             return
         self._resolve_references(snapshot, module)
+        compared = self.compare(snapshot, full=self.heatmaps == "every")
         logged: dict[str, float] = {}
-        for ref_name, ref_reps in self.reference_reps.items():
-            for layer, value in layer_similarities(snapshot.representations, ref_reps, self.measure).items():
+        for ref_name, (matrix, rows, cols) in compared.items():
+            for i, layer in enumerate(rows):
+                if layer not in cols:
+                    continue
+                value = float(matrix[i, cols.index(layer)])
                 self.rows.append({"tag": snapshot.tag, "epoch": snapshot.epoch, "step": snapshot.step,
                                   "moment": snapshot.moment, "reference": ref_name, "layer": layer,
                                   "measure": self.measure_name, "value": value})
                 logged[f"{self.prefix}/{ref_name}/{layer}"] = value
+        if self._named_measure or self.heatmaps == "every":
+            self._last_matrices = (snapshot, compared)
         self._report_rows(logged, snapshot)
         if self.heatmaps == "every":
-            self._report_matrices(snapshot)
+            self._report_matrices(snapshot, compared)
 
     def on_snapshots_end(self, latest: Snapshot, trainer: Trainer, module: nn.Module) -> None:
         if not self._enabled(trainer) or not self.rows:
             return
         if self.heatmaps == "end":
-            self._report_matrices(latest)
+            cached = self._last_matrices
+            compared = cached[1] if cached is not None and cached[0] is latest else self.compare(latest, full=True)
+            self._report_matrices(latest, compared)
         self._report_curves()
 
     # -- reporting ---------------------------------------------------------------------------------
@@ -146,22 +185,10 @@ class SimilarityTracker(Callback):
                                          "prefix": self.prefix, "rows": self.rows})
         outputs.csv("similarity.csv", self.rows)
 
-    def layer_matrix(self, snapshot: Snapshot, ref_name: str) -> tuple[torch.Tensor, list[str], list[str]]:
-        """Layer x layer similarity of ``snapshot`` (rows) with a reference (columns)."""
-        current = {k: as_matrix(v) for k, v in snapshot.representations.items()}
-        reference = {k: as_matrix(v) for k, v in self.reference_reps[ref_name].items()}
-        if self._named_measure:
-            matrix, rows, cols = similarity_matrix(current, reference, measure=self.measure_name)
-            return matrix, list(rows), list(cols)
-        rows, cols = list(current), list(reference)
-        matrix = torch.tensor([[float(self.measure(current[r], reference[c])) for c in cols] for r in rows],
-                              dtype=torch.float64)
-        return matrix, rows, cols
-
-    def _report_matrices(self, snapshot: Snapshot) -> None:
+    def _report_matrices(self, snapshot: Snapshot, compared: dict[str, tuple[torch.Tensor, list[str], list[str]]]
+                         ) -> None:
         outputs = self._outputs
-        for ref_name in self.reference_reps:
-            matrix, rows, cols = self.layer_matrix(snapshot, ref_name)
+        for ref_name, (matrix, rows, cols) in compared.items():
             record = {"tag": snapshot.tag, "epoch": snapshot.epoch, "step": snapshot.step,
                       "reference": ref_name, "measure": self.measure_name, "rows": rows, "columns": cols,
                       "values": matrix.tolist()}

@@ -28,15 +28,13 @@ def load_digits_images(image_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))
     if image_size != 8:
-        images = F.interpolate(
-            images[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False
-        )[:, 0]
+        images = F.interpolate(images[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
     return images.round().clamp(0, 255).to(torch.uint8).numpy(), digits.target.astype(np.int64)
 
 
-def stratified_split(
-    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
-) -> list[np.ndarray]:
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> list[np.ndarray]:
     """Train/val/test indices with the same class proportions, from a seeded shuffle within each class."""
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[], [], []]

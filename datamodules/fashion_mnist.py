@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.paths import cache_dir
+from datamodules.samplers import EpochSeededRandomSampler
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -81,9 +82,7 @@ def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_fashion_mnist(
-    split: str = "train", root: str | os.PathLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``(uint8 images [N,28,28], int64 labels [N])`` for ``split`` in {"train", "test"}.
 
     Reads the Debian IDX files (or ``root``); the decoded arrays are cached as .npy, keyed by the
@@ -159,9 +158,7 @@ class ImageArrayDataset(Dataset):
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
         channels = self.images.shape[1]
-        self.mean = (
-            torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1) * 255.0
-        )
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1) * 255.0
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand(channels, 1, 1) * 255.0
         self.input_transform = input_transform
 
@@ -180,7 +177,7 @@ class ArrayDataModule(L.LightningDataModule):
     """Shared plumbing of the embedded DataModules: seeded loaders, label transform, probe batch.
 
     Subclasses implement ``build_datasets() -> {"train": ds, "val": ds, "test": ds}`` and set
-    ``num_classes`` and ``image_shape``. The train loader shuffles with a generator seeded by ``seed``.
+    ``num_classes`` and ``image_shape``. The train loader's order depends only on ``seed`` and the epoch.
     """
 
     num_classes: int
@@ -232,12 +229,13 @@ class ArrayDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        dataset = self.dataset(split)
+        # the order depends only on (seed, epoch): a run resumed mid-training sees the same batches
+        sampler = EpochSeededRandomSampler(len(dataset), self.seed) if shuffle else None
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -258,9 +256,7 @@ class ArrayDataModule(L.LightningDataModule):
         return next(iter(DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=n)))
 
 
-def seeded_split(
-    n_items: int, n_first: int, n_second: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def seeded_split(n_items: int, n_first: int, n_second: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint sorted index sets of sizes ``n_first`` and ``n_second`` (default: the rest), seeded."""
     order = np.random.default_rng(seed).permutation(n_items)
     rest = n_items - n_first if n_second is None else n_second
@@ -294,9 +290,7 @@ class FashionMNISTDataModule(ArrayDataModule):
         self.save_hyperparameters()
         classes = list(range(10)) if classes is None else [int(c) for c in classes]
         if not classes or len(set(classes)) != len(classes) or not all(0 <= c < 10 for c in classes):
-            raise ValueError(
-                f"classes={classes} must be distinct Fashion-MNIST class ids in 0..9 (or None for all)"
-            )
+            raise ValueError(f"classes={classes} must be distinct Fashion-MNIST class ids in 0..9 (or None for all)")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1)")
         self.classes = classes
@@ -334,9 +328,7 @@ class FashionMNISTDataModule(ArrayDataModule):
         test_images, test_labels = self._select("test")
         if self.n_test is not None:
             if not 1 <= self.n_test <= len(test_labels):
-                raise ValueError(
-                    f"n_test={self.n_test} must lie in 1..{len(test_labels)} for classes {self.classes}"
-                )
+                raise ValueError(f"n_test={self.n_test} must lie in 1..{len(test_labels)} for classes {self.classes}")
             test_idx, _ = seeded_split(len(test_labels), self.n_test, 0, self.seed)
             test_images, test_labels = test_images[test_idx], test_labels[test_idx]
             self.split_indices["test"] = test_idx

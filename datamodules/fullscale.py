@@ -190,8 +190,7 @@ def load_cifar10(root: str | os.PathLike | None = None, train: bool = True, down
     folder = resolved / CIFAR10.base_folder
     require_files(
         "cifar10",
-        [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
-        + [folder / CIFAR10.meta["filename"]],
+        [folder / name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [folder / CIFAR10.meta["filename"]],
     )
     return CIFAR10Files(str(resolved), train=train)
 
@@ -269,9 +268,7 @@ class _ArrayClassificationDataModule(ArrayDataModule):
         n_val = int(round(self.val_fraction * (self.n_train or n_pool)))
         n_train = self.n_train or n_pool - n_val
         if n_train + n_val > n_pool or n_train < 1:
-            raise ValueError(
-                f"n_train={self.n_train} + validation {n_val} exceed the {n_pool} training images"
-            )
+            raise ValueError(f"n_train={self.n_train} + validation {n_val} exceed the {n_pool} training images")
         val_idx, train_idx = seeded_split(n_pool, n_val, n_train, self.seed)
         test_images, test_labels = self.arrays(train=False)
         parts = {
@@ -280,9 +277,7 @@ class _ArrayClassificationDataModule(ArrayDataModule):
             "test": (test_images, test_labels),
         }
         return {
-            split: ImageArrayDataset(
-                x, self.transform_labels(y, split), self.mean, self.std, self.input_transform
-            )
+            split: ImageArrayDataset(x, self.transform_labels(y, split), self.mean, self.std, self.input_transform)
             for split, (x, y) in parts.items()
         }
 
@@ -354,9 +349,7 @@ class SVHNDataModule(_ArrayClassificationDataModule):
 
     def arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         dataset = load_svhn(self.data_root, split="train" if train else "test", download=self.download)
-        return np.ascontiguousarray(np.asarray(dataset.data).transpose(0, 2, 3, 1)), np.asarray(
-            dataset.labels
-        )
+        return np.ascontiguousarray(np.asarray(dataset.data).transpose(0, 2, 3, 1)), np.asarray(dataset.labels)
 
 
 class PetDataset(Dataset):

@@ -44,8 +44,6 @@ def get_datamodule(name: str, **kwargs) -> L.LightningDataModule:
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         suggestions = {k: difflib.get_close_matches(k, accepted, n=1) for k in unknown}
-        hints = ", ".join(
-            f"{k!r}" + (f" (did you mean {s[0]!r}?)" if s else "") for k, s in suggestions.items()
-        )
+        hints = ", ".join(f"{k!r}" + (f" (did you mean {s[0]!r}?)" if s else "") for k, s in suggestions.items())
         raise TypeError(f"{cls.__name__} ({name!r}) does not accept {hints}; it accepts {sorted(accepted)}")
     return cls(**kwargs)

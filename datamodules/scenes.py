@@ -117,16 +117,12 @@ def compose(background: np.ndarray, foreground: np.ndarray, mask: np.ndarray) ->
     return np.where(mask.astype(bool)[..., None], foreground, background).astype(np.uint8)
 
 
-def random_crop(
-    image: np.ndarray, size: int, rng: np.random.Generator, min_frac: float, max_frac: float
-) -> np.ndarray:
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, min_frac: float, max_frac: float) -> np.ndarray:
     """A random square crop of side in [min_frac, max_frac] x the short side, resized to size x size."""
     height, width = image.shape[:2]
     side = int(rng.uniform(min_frac, max_frac) * min(height, width))
     top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-    crop = Image.fromarray(image[top : top + side, left : left + side]).resize(
-        (size, size), Image.Resampling.BILINEAR
-    )
+    crop = Image.fromarray(image[top : top + side, left : left + side]).resize((size, size), Image.Resampling.BILINEAR)
     out = np.asarray(crop)
     return out[:, ::-1] if rng.random() < 0.5 else out
 
@@ -141,9 +137,7 @@ def texture_patch(texture: np.ndarray, size: int, rng: np.random.Generator) -> n
 
 
 def resize_float(image: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(
-        Image.fromarray(image.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
-    )
+    return np.asarray(Image.fromarray(image.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def fashion_silhouette(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,9 +156,7 @@ def procedural_shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarr
         a, b = rng.uniform(0.3, 0.5) * size, rng.uniform(0.18, 0.45) * size
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         xs, ys = a * np.cos(t), b * np.sin(t)
-        points = np.stack(
-            [xs * np.cos(angle) - ys * np.sin(angle), xs * np.sin(angle) + ys * np.cos(angle)], 1
-        )
+        points = np.stack([xs * np.cos(angle) - ys * np.sin(angle), xs * np.sin(angle) + ys * np.cos(angle)], 1)
     elif kind == "polygon":
         k = int(rng.integers(3, 9))
         step = 2 * np.pi / k  # evenly spread vertices with jitter: no slivers
@@ -251,15 +243,11 @@ def build_scenes(
             return SceneSet(data["images"], data["masks"], data["labels"], domain)
     if domain == "source":
         images, labels = load_fashion_mnist("test" if split == "test" else "train")
-        part = {"train": slice(0, _FMNIST_VAL_START), "val": slice(_FMNIST_VAL_START, None)}.get(
-            split, slice(None)
-        )
+        part = {"train": slice(0, _FMNIST_VAL_START), "val": slice(_FMNIST_VAL_START, None)}.get(split, slice(None))
         scenes = [source_scene(i, split, seed, image_size, images[part], labels[part]) for i in range(n)]
     else:
         glyphs = build_glyphs(progress=False)
-        chars = np.concatenate(
-            [glyphs.split_chars(s) for s in (("test",) if split == "test" else ("train", "val"))]
-        )
+        chars = np.concatenate([glyphs.split_chars(s) for s in (("test",) if split == "test" else ("train", "val"))])
         glyph_images = glyphs.images[np.isin(glyphs.labels, chars)]
         scenes = [target_scene(i, split, seed, image_size, glyph_images) for i in range(n)]
     result = SceneSet(
@@ -324,9 +312,7 @@ class SceneDataModule(ArrayDataModule):
         if domain not in DOMAINS:
             raise ValueError(f"unknown scene domain {domain!r}; use one of {list(DOMAINS)}")
         if not 0.0 < label_fraction <= 1.0:
-            raise ValueError(
-                f"label_fraction={label_fraction} must lie in (0, 1] (the share of labelled train scenes)"
-            )
+            raise ValueError(f"label_fraction={label_fraction} must lie in (0, 1] (the share of labelled train scenes)")
         self.domain = domain
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.label_fraction = label_fraction

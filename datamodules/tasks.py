@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from datamodules.fashion_mnist import ImageArrayDataset, pixel_stats
 from datamodules.glyphs import build_glyphs
+from datamodules.samplers import EpochSeededRandomSampler
 
 FEW_SHOT_SOURCES = ("glyphs", "omniglot", "mini_imagenet")
 OMNIGLOT_CLASS_SPLIT = (1100, 100, 423)  # learn2learn's omniglot benchmark: train/val/test characters
@@ -83,9 +84,7 @@ class _IntLabels(Dataset):
 class FewShotTaskDataset(Dataset):
     """``num_tasks`` reproducible few-shot tasks over a dataset of (image, label); item i is a TaskBatch."""
 
-    def __init__(
-        self, dataset: Dataset, ways: int, shots: int, queries: int, num_tasks: int, seed: int = 0
-    ) -> None:
+    def __init__(self, dataset: Dataset, ways: int, shots: int, queries: int, num_tasks: int, seed: int = 0) -> None:
         l2l = _learn2learn()
         labels = dataset_labels(dataset)
         classes, counts = np.unique(labels, return_counts=True)
@@ -115,7 +114,23 @@ class FewShotTaskDataset(Dataset):
             l2l.data.transforms.RemapLabels(meta, shuffle=True),
             l2l.data.transforms.ConsecutiveLabels(meta),
         ]
-        self.taskset = l2l.data.Taskset(meta, task_transforms=transforms, num_tasks=-1)
+        self.taskset = l2l.data.Taskset(
+            meta, task_transforms=transforms, num_tasks=-1, task_collate=self.collate_support_first
+        )
+
+    def collate_support_first(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack a task's items (sorted class by class) with all support examples first, then queries.
+
+        One stack instead of learn2learn's default collate plus two reshuffling copies: support and
+        query are then plain views of it.
+        """
+        per_class = self.shots + self.queries
+        support = [k for c in range(self.ways) for k in range(c * per_class, c * per_class + self.shots)]
+        query = [k for c in range(self.ways) for k in range(c * per_class + self.shots, (c + 1) * per_class)]
+        order = support + query
+        x = torch.stack([torch.as_tensor(items[k][0]) for k in order])
+        y = torch.tensor([int(items[k][1]) for k in order], dtype=torch.int64)
+        return x, y
 
     def __len__(self) -> int:
         return self.num_tasks
@@ -125,15 +140,8 @@ class FewShotTaskDataset(Dataset):
             raise IndexError(f"task {index} out of range 0..{self.num_tasks - 1}")
         with seeded_python_random(f"{self.seed}/{index}"):
             x, y = self.taskset.get_task(self.taskset.sample_task_description())
-        per_class = self.shots + self.queries
-        x = x.view(self.ways, per_class, *x.shape[1:])
-        y = torch.as_tensor(y, dtype=torch.int64).view(self.ways, per_class)
-        return TaskBatch(
-            support_x=x[:, : self.shots].reshape(-1, *x.shape[2:]),
-            support_y=y[:, : self.shots].reshape(-1),
-            query_x=x[:, self.shots :].reshape(-1, *x.shape[2:]),
-            query_y=y[:, self.shots :].reshape(-1),
-        )
+        n_support = self.ways * self.shots
+        return TaskBatch(support_x=x[:n_support], support_y=y[:n_support], query_x=x[n_support:], query_y=y[n_support:])
 
 
 def make_task_dataset(
@@ -221,9 +229,7 @@ class FewShotDataModule(L.LightningDataModule):
                 "test": order[n_train + n_val :],
             }
             labels = omniglot.labels.numpy()
-            return {
-                s: Subset(omniglot, np.flatnonzero(np.isin(labels, g)).tolist()) for s, g in groups.items()
-            }
+            return {s: Subset(omniglot, np.flatnonzero(np.isin(labels, g)).tolist()) for s, g in groups.items()}
         files = {"train": "train", "val": "validation", "test": "test"}
         return {s: fullscale.load_mini_imagenet(self.data_root, f, self.download) for s, f in files.items()}
 
@@ -242,11 +248,11 @@ class FewShotDataModule(L.LightningDataModule):
 
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
+        tasks = self.task_datasets[split]
         return DataLoader(
-            self.task_datasets[split],
+            tasks,
             batch_size=self.meta_batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=EpochSeededRandomSampler(len(tasks), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle,

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modules.meta_engines import InnerLoop, MetaStep, TaskBatch, batch_norm_for_engine, make_engine, meta_leaves
+from modules.meta_engines import InnerLoop, MetaStep, TaskBatch, functional_options, make_engine, meta_leaves
 from modules.nets.conv4 import CONV4_LAYERS, Conv4
 from modules.nets.functional import FunctionalConv4
 
@@ -121,7 +121,7 @@ class MAMLModule(L.LightningModule):
         key = self.device.type
         if self._runtime is None or self._runtime[0] != key:
             engine = make_engine(self.hparams.engine, self.device)
-            functional = FunctionalConv4(self.net, batch_norm=batch_norm_for_engine(engine.name, self.device))
+            functional = FunctionalConv4(self.net, **functional_options(engine.name, self.device))
             self._runtime = (key, engine, InnerLoop(functional, self.adapted_names))
         return self._runtime[1], self._runtime[2]
 

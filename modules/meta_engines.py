@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,8 @@ LearningRates = Mapping[str, torch.Tensor | float]
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """A meta-batch: ``support_x [B, S, C, H, W]``, ``support_y [B, S]``, ``query_x [B, Q, ...]``, ``query_y [B, Q]``."""
+    """A meta-batch of B tasks: ``support_x [B, S, C, H, W]``, ``support_y [B, S]``, ``query_x [B, Q, C, H, W]``,
+    ``query_y [B, Q]``."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
@@ -72,7 +75,8 @@ class TaskBatch:
                 raise KeyError(f"meta-batch lacks {missing}; a FewShotDataModule batch has keys {keys}")
             return cls(*(batch[k] for k in keys))
         if len(batch) != 4:
-            raise ValueError(f"a meta-batch tuple must be (support_x, support_y, query_x, query_y), got {len(batch)} items")
+            raise ValueError("a meta-batch tuple must be (support_x, support_y, query_x, query_y), "
+                             f"got {len(batch)} items")
         return cls(*batch)
 
 
@@ -104,7 +108,8 @@ class InnerLoop:
             raise KeyError(f"cannot adapt unknown parameter {unknown[0]!r}"
                            + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {model.param_names}"))
         if not adapted:
-            raise ValueError("the inner loop adapts no parameter; pass the names to adapt (all for MAML, head for ANIL)")
+            raise ValueError("the inner loop adapts no parameter; "
+                             "pass the names to adapt (all for MAML, the head's for ANIL)")
         self.model = model
         self.adapted = tuple(adapted)
         self.head_only = set(self.adapted) <= set(model.head_names)
@@ -166,39 +171,99 @@ def _zeros_like_none(grads: Sequence[torch.Tensor | None], leaves: Sequence[torc
 
 
 class LoopEngine:
-    """Tasks one after another; each task's meta-gradient is taken before the next task starts."""
+    """Tasks one after another; each task's meta-gradient is taken before the next task starts.
+
+    On CPU the tasks can be spread over ``workers`` threads (task ``i`` goes to worker
+    ``i % workers``; each worker sums its own tasks' meta-gradients in order, and the worker sums
+    are added in worker order, so the result does not depend on thread timing). While workers run,
+    torch's intra-op pool is set to one thread: independent tasks use two cores better than one
+    small convolution split in two. ``workers=None`` takes ``torch.get_num_threads()``. Memory holds
+    one task's graph per worker.
+    """
 
     name = "loop"
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers={workers}: use at least 1 (or None for one per intra-op thread)")
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _num_workers(self, batch: TaskBatch) -> int:
+        if batch.support_x.device.type != "cpu":
+            return 1
+        wanted = self.workers if self.workers is not None else torch.get_num_threads()
+        return max(1, min(wanted, len(batch)))
+
+    def _map(self, work: Callable[[list[int]], Any], batch: TaskBatch) -> list[Any]:
+        """``work(indices)`` for each worker's share of the tasks, in worker order."""
+        workers = self._num_workers(batch)
+        shares = [list(range(w, len(batch), workers)) for w in range(workers)]
+        if workers == 1:
+            return [work(shares[0])]
+        if self._pool is None or self._pool._max_workers < workers:
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maml-task")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return list(self._pool.map(work, shares))
+        finally:
+            torch.set_num_threads(threads)
+
+    @staticmethod
+    def _ordered(results: list[tuple[Any, list[int], list[torch.Tensor], list[torch.Tensor]]],
+                 num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        losses: list[torch.Tensor | None] = [None] * num_tasks
+        accuracies: list[torch.Tensor | None] = [None] * num_tasks
+        for _, indices, task_losses, task_accuracies in results:
+            for i, loss, acc in zip(indices, task_losses, task_accuracies):
+                losses[i], accuracies[i] = loss, acc
+        return torch.stack(losses), torch.stack(accuracies)
 
     def meta_step(self, inner: InnerLoop, params: Params, lrs: LearningRates, batch: TaskBatch,
                   steps: int, first_order: bool) -> MetaStep:
         leaves = meta_leaves(params, lrs)
         names, tensors = list(leaves), list(leaves.values())
-        grad_sum = [torch.zeros_like(t) for t in tensors]
-        losses, accuracies = [], []
-        for index in range(len(batch)):
-            loss, accuracy = inner.query_loss(params, lrs, *batch.task(index), steps=steps,
-                                              create_graph=not first_order)
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            for total, g in zip(grad_sum, _zeros_like_none(grads, tensors)):
+
+        def work(indices: list[int]):
+            with torch.enable_grad():
+                grad_sum = [torch.zeros_like(t) for t in tensors]
+                losses, accuracies = [], []
+                for index in indices:
+                    loss, accuracy = inner.query_loss(params, lrs, *batch.task(index), steps=steps,
+                                                      create_graph=not first_order)
+                    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+                    for total, g in zip(grad_sum, _zeros_like_none(grads, tensors)):
+                        total.add_(g)
+                    losses.append(loss.detach())
+                    accuracies.append(accuracy)
+            return grad_sum, indices, losses, accuracies
+
+        results = self._map(work, batch)
+        grad_sum = results[0][0]
+        for other in results[1:]:
+            for total, g in zip(grad_sum, other[0]):
                 total.add_(g)
-            losses.append(loss.detach())
-            accuracies.append(accuracy)
-        return MetaStep(dict(zip(names, grad_sum)), torch.stack(losses), torch.stack(accuracies))
+        losses, accuracies = self._ordered(results, len(batch))
+        return MetaStep(dict(zip(names, grad_sum)), losses, accuracies)
 
     def evaluate(self, inner: InnerLoop, params: Params, lrs: LearningRates, batch: TaskBatch,
                  steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-task query loss and accuracy after ``steps`` first-order adaptation steps (no meta-gradient)."""
-        losses, accuracies = [], []
         detached = {k: v.detach().requires_grad_(k in inner.adapted) for k, v in params.items()}
         plain_lrs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in lrs.items()}
-        with torch.enable_grad():
-            for index in range(len(batch)):
-                loss, accuracy = inner.query_loss(detached, plain_lrs, *batch.task(index), steps=steps,
-                                                  create_graph=False)
-                losses.append(loss.detach())
-                accuracies.append(accuracy)
-        return torch.stack(losses), torch.stack(accuracies)
+
+        def work(indices: list[int]):
+            losses, accuracies = [], []
+            with torch.enable_grad():
+                for index in indices:
+                    loss, accuracy = inner.query_loss(detached, plain_lrs, *batch.task(index), steps=steps,
+                                                      create_graph=False)
+                    losses.append(loss.detach())
+                    accuracies.append(accuracy)
+            return None, indices, losses, accuracies
+
+        return self._ordered(self._map(work, batch), len(batch))
 
 
 class VmapEngine:
@@ -258,6 +323,9 @@ def _require_elementary_norm(inner: InnerLoop) -> None:
     if inner.model.norm and inner.model.batch_norm != "elementary":
         raise ValueError("the vmap engine needs the elementary batch norm (native batch norm gives wrong "
                          "second-order gradients under vmap); build FunctionalConv4(net, batch_norm='elementary')")
+    if inner.model.channels_last:
+        raise ValueError("vmap cannot change memory formats; build FunctionalConv4(net, channels_last=False) "
+                         "for the vmap engine (functional_options('vmap') gives the right options)")
 
 
 ENGINES = {"loop": LoopEngine, "vmap": VmapEngine}
@@ -269,12 +337,14 @@ def make_engine(name: str, device: torch.device | str | None = None) -> LoopEngi
         name = "vmap" if torch.device(device or "cpu").type == "cuda" else "loop"
     if name not in ENGINES:
         hint = difflib.get_close_matches(name, list(ENGINES) + ["auto"], n=1)
-        raise ValueError(f"unknown inner-loop engine {name!r}"
-                         + (f"; did you mean {hint[0]!r}?" if hint else "") + f" (choose from {sorted(ENGINES)} or 'auto')")
+        raise ValueError(f"unknown inner-loop engine {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f" (choose from {sorted(ENGINES)} or 'auto')")
     return ENGINES[name]()
 
 
-def batch_norm_for_engine(name: str, device: torch.device | str | None = None) -> str:
-    """The batch-norm implementation an engine needs: native for the loop, elementary for vmap."""
-    resolved = make_engine(name, device).name
-    return "elementary" if resolved == "vmap" else "native"
+def functional_options(engine: str, device: torch.device | str | None = None) -> dict[str, Any]:
+    """``FunctionalConv4`` options an engine needs: the loop runs native batch norm on NHWC tensors,
+    vmap the elementary batch norm on NCHW tensors."""
+    if make_engine(engine, device).name == "vmap":
+        return {"batch_norm": "elementary", "channels_last": False}
+    return {"batch_norm": "native", "channels_last": True}

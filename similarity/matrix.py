@@ -41,12 +41,12 @@ Layers = list[tuple[str, Tensor]]
 
 
 def _unique(layers_a: Layers, layers_b: Layers) -> tuple[list[Tensor], list[int], list[int]]:
-    """Distinct tensors (by identity of the underlying storage view) and each side's index into them."""
+    """Distinct tensors (same memory, shape and strides = same tensor) and each side's index into them."""
     tensors: list[Tensor] = []
-    seen: dict[tuple[int, tuple[int, ...], torch.dtype], int] = {}
+    seen: dict[tuple, int] = {}
 
     def index(t: Tensor) -> int:
-        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        key = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
         if key not in seen:
             seen[key] = len(tensors)
             tensors.append(t)

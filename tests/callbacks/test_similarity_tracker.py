@@ -13,7 +13,7 @@ from callbacks import (
     SimilarityTracker,
     WeightsReference,
 )
-from similarity import get_measure
+from similarity import get_measure, linear_cka
 from tests.callbacks.tiny_callback_models import (
     TinyClassifier,
     blob_images,
@@ -88,11 +88,13 @@ def test_other_weights_and_precomputed_representations_as_references(tmp_path):
     start_reps = snap.capture(model)
     references = {"same": WeightsReference(same_weights), "given": RepresentationsReference(start_reps),
                   "other": TinyClassifier(seed=2)}
-    tracker = SimilarityTracker(references, get_measure("linear_cka"), snapshots=snap, heatmaps="never")
+    # a plain function (not a registry measure) is only called on same-layer pairs
+    tracker = SimilarityTracker(references, linear_cka, snapshots=snap, heatmaps="never")
     make_trainer(tmp_path, [snap, tracker], epochs=1).fit(model, loader(16))
     for name in ("same", "given"):
         assert all(v == pytest.approx(1.0, abs=1e-6) for v in values(tracker, name, "fit_start").values())
     assert values(tracker, "other", "fit_start")["net.head"] < 0.999
+    assert {r["measure"] for r in tracker.rows} == {"linear_cka"}
     assert not list(tmp_path.glob("similarity_matrix_*"))
 
 

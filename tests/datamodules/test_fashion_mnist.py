@@ -122,3 +122,16 @@ def test_bad_arguments_are_refused_with_the_fix(kwargs, message):
 def test_too_many_training_images_for_a_subset_says_so():
     with pytest.raises(ValueError, match="lower n_train"):
         make(classes=[0], n_train=6000)
+
+
+def test_train_order_depends_only_on_seed_and_epoch():
+    """So a run resumed mid-training sees the batches an uninterrupted run would have seen."""
+
+    def first_labels(dm, epoch):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # Lightning does this at the start of every epoch
+        return next(iter(loader))[1]
+
+    a, b = make(seed=5), make(seed=5)
+    assert torch.equal(first_labels(a, 3), first_labels(b, 3))
+    assert not torch.equal(first_labels(a, 3), first_labels(a, 4))

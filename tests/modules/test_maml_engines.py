@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.meta_engines import InnerLoop, LoopEngine, TaskBatch, VmapEngine, make_engine
+from modules.meta_engines import InnerLoop, LoopEngine, TaskBatch, VmapEngine, functional_options, make_engine
 from modules.nets.conv4 import Conv4
 from modules.nets.functional import FunctionalConv4, batch_norm_elementary, batch_norm_native
 
@@ -80,7 +80,7 @@ def max_error(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor])
     return max((ours[k] - reference[k]).abs().max().item() for k in reference)
 
 
-ENGINES = {"loop": (LoopEngine, "native"), "vmap": (VmapEngine, "elementary")}
+ENGINES = {"loop": (LoopEngine, functional_options("loop")), "vmap": (VmapEngine, functional_options("vmap"))}
 
 
 @pytest.mark.parametrize("engine_name", sorted(ENGINES))
@@ -88,8 +88,8 @@ ENGINES = {"loop": (LoopEngine, "native"), "vmap": (VmapEngine, "elementary")}
 @pytest.mark.parametrize("steps", [1, 5])
 def test_maml_meta_gradient_equals_learn2learn(net, engine_name, first_order, steps):
     tasks = make_tasks()
-    engine_cls, norm = ENGINES[engine_name]
-    model = FunctionalConv4(net, batch_norm=norm)
+    engine_cls, options = ENGINES[engine_name]
+    model = FunctionalConv4(net, **options)
     inner = InnerLoop(model, model.param_names)
     result = engine_cls().meta_step(inner, dict(net.named_parameters()), {n: INNER_LR for n in model.param_names},
                                     tasks, steps=steps, first_order=first_order)
@@ -111,8 +111,8 @@ def test_loop_engine_with_elementary_batch_norm_is_exact_too(net):
 @pytest.mark.parametrize("first_order", [True, False], ids=["first-order", "second-order"])
 def test_learned_per_element_rates_equal_learn2learn_metasgd(net, engine_name, first_order):
     tasks = make_tasks(seed=2)
-    engine_cls, norm = ENGINES[engine_name]
-    model = FunctionalConv4(net, batch_norm=norm)
+    engine_cls, options = ENGINES[engine_name]
+    model = FunctionalConv4(net, **options)
     params = dict(net.named_parameters())
     lrs = {n: torch.full_like(p, INNER_LR).requires_grad_() for n, p in params.items()}
     result = engine_cls().meta_step(InnerLoop(model, model.param_names), params, lrs, tasks, steps=2,
@@ -125,8 +125,8 @@ def test_learned_per_element_rates_equal_learn2learn_metasgd(net, engine_name, f
 @pytest.mark.parametrize("first_order", [True, False], ids=["first-order", "second-order"])
 def test_anil_meta_gradient_equals_learn2learn_head_only_maml(net, engine_name, first_order):
     tasks = make_tasks(seed=3)
-    engine_cls, norm = ENGINES[engine_name]
-    model = FunctionalConv4(net, batch_norm=norm)
+    engine_cls, options = ENGINES[engine_name]
+    model = FunctionalConv4(net, **options)
     inner = InnerLoop(model, model.head_names)
     assert inner.head_only
     result = engine_cls().meta_step(inner, dict(net.named_parameters()), {n: INNER_LR for n in model.head_names},
@@ -166,8 +166,8 @@ def test_evaluate_is_the_same_for_both_engines(net):
     tasks = make_tasks(seed=4)
     results = []
     for engine_name in ("loop", "vmap"):
-        engine_cls, norm = ENGINES[engine_name]
-        model = FunctionalConv4(net, batch_norm=norm)
+        engine_cls, options = ENGINES[engine_name]
+        model = FunctionalConv4(net, **options)
         results.append(engine_cls().evaluate(InnerLoop(model, model.param_names), dict(net.named_parameters()),
                                              {n: INNER_LR for n in model.param_names}, tasks, steps=3))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-10)
@@ -184,14 +184,16 @@ def test_functional_forward_matches_the_module_with_batch_statistics(net):
     x = torch.randn(10, 1, 16, 16, dtype=torch.float64)
     params = dict(net.named_parameters())
     for norm in ("native", "elementary"):
-        torch.testing.assert_close(FunctionalConv4(net, batch_norm=norm)(params, x), net(x))
+        for channels_last in (True, False):
+            model = FunctionalConv4(net, batch_norm=norm, channels_last=channels_last)
+            torch.testing.assert_close(model(params, x), net(x))
     acts = FunctionalConv4(net).activations(params, x)
     assert list(acts) == ["block1", "block2", "block3", "block4", "head"]
     assert acts["block1"].shape == (10, 6 * 8 * 8)
 
 
 def test_vmap_engine_refuses_native_batch_norm(net):
-    model = FunctionalConv4(net, batch_norm="native")
+    model = FunctionalConv4(net, batch_norm="native", channels_last=False)
     with pytest.raises(ValueError, match="elementary"):
         VmapEngine().meta_step(InnerLoop(model, model.param_names), dict(net.named_parameters()),
                                {n: INNER_LR for n in model.param_names}, make_tasks(), steps=1, first_order=False)
@@ -223,3 +225,15 @@ def test_shards_cover_the_batch_once():
     assert sum(len(s) for s in shards) == len(tasks)
     torch.testing.assert_close(torch.cat([shards[0].support_x[:1], shards[1].support_x[:1],
                                           shards[0].support_x[1:]]), tasks.support_x)
+
+
+def test_loop_engine_with_two_worker_threads_gives_the_same_meta_gradient(net):
+    tasks = make_tasks(seed=5)
+    model = FunctionalConv4(net)
+    inner = InnerLoop(model, model.param_names)
+    args = (inner, dict(net.named_parameters()), {n: INNER_LR for n in model.param_names}, tasks)
+    one = LoopEngine(workers=1).meta_step(*args, steps=2, first_order=False)
+    two = LoopEngine(workers=2).meta_step(*args, steps=2, first_order=False)
+    assert max_error(two.grad_sum, one.grad_sum) < 1e-12
+    torch.testing.assert_close(two.task_losses, one.task_losses, rtol=0, atol=0)
+    assert max_error(two.grad_sum, learn2learn_meta_gradient(net, tasks, 2, False)) < TOLERANCE

@@ -40,16 +40,22 @@ def test_a_network_against_itself_has_a_symmetric_matrix_with_unit_diagonal():
     assert torch.allclose(matrix, matrix.T, atol=1e-12)
 
 
-def test_gram_reuse_and_feature_space_paths_agree():
-    # N=20 with widths on both sides of N: the planner mixes Gram-Gram and feature-space pairs.
-    reps = layers(20, {"narrow": 3, "mid": 16, "wide": 200, "wider": 300}, seed=3)
-    widths = [t.reshape(20, -1).shape[1] for t in reps.values()]
-    pairs = {(a, b) for a in range(4) for b in range(4) if a < b}
-    assert _plan_grams(20, widths, pairs, 4) == {2, 3}  # only the wide layers pay for an N x N Gram
-    matrix, _, _ = similarity_matrix(reps, reps, "linear_cka_debiased")
-    fn = get_measure("linear_cka_debiased")
-    loop = torch.tensor([[fn(a, b) for b in reps.values()] for a in reps.values()], dtype=torch.float64)
-    assert torch.allclose(matrix, loop, atol=1e-10)
+def test_the_planner_gives_grams_to_the_layers_where_they_save_work():
+    all_pairs = {(a, b) for a in range(4) for b in range(4) if a < b}
+    assert _plan_grams(20, [3, 16, 200, 300], all_pairs, 4) == {0, 1, 2, 3}  # N small: Gram space throughout
+    assert _plan_grams(1000, [3, 16, 20, 30], all_pairs, 4) == set()  # N large, D small: feature space
+    # a wide layer (D > N) and two narrow ones, the narrowest compared only with a narrow one
+    assert _plan_grams(200, [2, 600, 3], {(0, 2), (1, 2)}, 4) == {1, 2}
+
+
+def test_mixed_gram_and_feature_space_pairs_equal_the_pairwise_measure():
+    reps = layers(200, {"n1": 2, "wide": 600}, seed=3)
+    other = {"n2": reps["wide"][:, :3] + 0.5}
+    for measure in ("linear_cka", "linear_cka_debiased"):
+        matrix, _, _ = similarity_matrix(reps, other, measure)
+        fn = get_measure(measure)
+        loop = torch.tensor([[fn(a, b) for b in other.values()] for a in reps.values()], dtype=torch.float64)
+        assert torch.allclose(matrix, loop, atol=1e-10)
 
 
 def test_a_custom_callable_is_looped():

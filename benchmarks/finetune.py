@@ -67,25 +67,21 @@ def _remap(labels: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.n
 
 @lru_cache(maxsize=2)
 def digits_images(image_size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's bundled 8x8 digits (1,797), upsampled bilinearly to ``image_size`` and scaled to uint8."""
-    from sklearn.datasets import load_digits
+    """sklearn's bundled 8x8 digits (1,797), upsampled bilinearly to ``image_size``, uint8 (cached)."""
+    from datamodules.digits import load_digits_images
 
-    images, labels = load_digits(return_X_y=True)
-    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                                        align_corners=False)
-    x = (x * (255.0 / 16.0)).clamp(0, 255).round().to(torch.uint8)[:, 0]
-    return x.numpy(), labels.astype(np.int64)
+    return load_digits_images(image_size)
 
 
 def _fullscale_arrays(name: str, split: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 / SVHN as uint8 arrays from the data root (datamodules/fullscale.py reads the files)."""
-    try:
-        from datamodules import fullscale
-    except ImportError as err:  # pragma: no cover - depends on the checkout
-        raise UserError(f"dataset {name} needs datamodules/fullscale.py, which is missing ({err})",
-                        "use the tiny profile (embedded data) or install the full suite") from None
-    return fullscale.load_arrays(name, split, data_root)
+    """CIFAR-10 / SVHN as uint8 ``[N,32,32,3]`` arrays from the data root (torchvision layout)."""
+    from datamodules import fullscale
+
+    if name == "cifar10":
+        data = fullscale.load_cifar10(data_root, train=split == "train")
+        return np.asarray(data.data), np.asarray(data.targets, dtype=np.int64)
+    data = fullscale.load_svhn(data_root, split=split)
+    return np.ascontiguousarray(np.asarray(data.data).transpose(0, 2, 3, 1)), np.asarray(data.labels, dtype=np.int64)
 
 
 def dataset_split(name: str, split: str, image_size: int,
@@ -291,7 +287,7 @@ def _log_layer_epoch_heatmaps(ctx: RunContext, trainer, rows: list[dict], measur
         value = {(r["layer"], r["x"]): r["value"] for r in ref_rows}
         matrix = np.array([[value.get((f"net.{layer}", e), math.nan) for e in epochs] for layer in layers])
         fig = heatmap_figure(matrix, layers, [str(e) for e in epochs], title=f"{measure} with {reference}",
-                             xlabel="fine-tuning epoch", ylabel="layer group", cbar_label=measure,
+                             xlabel="epoch", ylabel="layer group", cbar_label=measure,
                              vmin=0.0, vmax=1.0)
         outputs.figure(f"heatmap_{measure}_{reference}.png", fig,
                        wandb_key=f"{measure}/{reference}/layer_epoch_heatmap")
@@ -393,6 +389,8 @@ class FinetuneStudy(Study):
         dm = _datamodule(task, seed, int(source["batch_size"]))
         trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
         tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+        for measure, tracker in trackers.items():
+            _log_layer_epoch_heatmaps(ctx, trainer, epoch_rows(tracker.rows), measure, module.layer_names)
         if global_rank() == 0:
             save_state(ctx.run_dir / "encoder.pt", module.state_dict())
         metrics = {"source_test_acc": float(tested["test/acc"]),

@@ -43,6 +43,7 @@ SOURCE_TASKS = ("classification", "segmentation", "reconstruction", "contrastive
 DECODER_SOURCES = ("segmentation", "reconstruction", "contrastive")  # sources that train a decoder
 CONTROLS = ("frozen_random_encoder",)
 LABEL_FREE = ("reconstruction", "contrastive")
+TASK_TRAINING_KEYS = ("epochs", "lr", "batch_size")  # source_tasks.<task> may override these of source
 
 
 # ============================================================================================ plan
@@ -202,7 +203,9 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
 
     cfg = dict(run.config)
     task = cfg["task"]
-    src = cfg["source"]
+    options = dict(cfg.get("task_options") or {})
+    # a task may override the shared training settings (e.g. more epochs for the encoder-only classifier)
+    src = {**cfg["source"], **{k: options.pop(k) for k in TASK_TRAINING_KEYS if k in options}}
     seed = int(src["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, "source", n_train=src["n_train"], n_val=src["n_val"], n_test=0, label_fraction=1.0,
@@ -210,7 +213,6 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
     dm.prepare_data()
     dm.setup("fit")
     common = {**_module_common(cfg), "lr": src["lr"]}
-    options = dict(cfg.get("task_options") or {})
     if task == "classification":
         module = build_source_module(task, num_classes=_source_classes(dm), **common)
     elif task == "segmentation":
@@ -380,9 +382,15 @@ class SegmentationStudy(Study):
         return runs
 
     def execute(self, run: Run, ctx: RunContext) -> dict[str, float]:
-        if run.stage == "source":
-            return execute_source(run, ctx)
-        return execute_target(run, ctx)
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            if run.stage == "source":
+                return execute_source(run, ctx)
+            return execute_target(run, ctx)
+        finally:
+            torch.set_num_threads(threads)  # ``threads: auto`` may have lowered it for this run only
 
     def report(self, cfg: dict, store: RunStore) -> Path:
         return write_report(cfg, store)

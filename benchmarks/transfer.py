@@ -164,7 +164,6 @@ class TransferStudy(Study):
     def execute(self, run: Run, ctx: RunContext) -> dict[str, float]:
         import benchmarks.transfer_training as training
 
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
         src = run.config["source"] if "source" in run.config else None
         if run.stage == "pretrain":
             return training.pretrain_source(run, ctx)
@@ -239,7 +238,7 @@ def _intact_data(run: Run):
 def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
     """CKA per layer, l2 distances and interpolation barriers for every pair of intact runs."""
     from benchmarks.transfer_analysis import PAIR_KINDS, compare_pair, pairs_of
-    from benchmarks.transfer_report import cka_figure
+    from benchmarks.transfer_figures import cka_figure
     from benchmarks.transfer_training import load_net
     from callbacks.interpolation import report_interpolation
 

@@ -50,6 +50,28 @@ def layer_groups(net: nn.Module) -> dict[str, list[str]]:
     return {name: list(groups.params[name]) for name in groups.names}
 
 
+def criticality_modules(net: nn.Module) -> list[str]:
+    """The modules whose criticality is measured, input side first.
+
+    conv4: its layer groups (block1..block4, head). A timm model: its stem, every stage of ``blocks``
+    (the paper's modules are residual stages), the final conv and the classifier; normalisation-only
+    modules (bn1, bn2) are left out. For conv4 these are the groups CKA compares; for a timm model
+    the CKA groups cut at ``feature_info`` points instead, which can span several stages.
+    """
+    from modules.nets.conv4 import Conv4
+
+    if isinstance(net, Conv4):
+        return list(layer_groups(net))
+    out = []
+    for name, child in net.named_children():
+        stages = list(child.named_children()) if name == "blocks" else [("", child)]
+        for sub, module in stages:
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) or not any(True for _ in module.parameters()):
+                continue
+            out.append(f"{name}.{sub}" if sub else name)
+    return out
+
+
 def with_state(template: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """A copy of ``template`` holding ``state`` (eval mode)."""
     net = copy.deepcopy(template)
@@ -114,7 +136,7 @@ def pairs_of(members: Mapping[str, Mapping[int, str]]) -> list[tuple[str, int, i
 def criticality(template: nn.Module, theta0: Mapping[str, torch.Tensor], thetaf: Mapping[str, torch.Tensor],
                 train_loader: Iterable, options: Mapping[str, Any], seed: int = 0,
                 max_batches: int | None = None):
-    """Module criticality of every layer group of ``template`` between ``theta0`` and ``thetaf``.
+    """Module criticality of each of ``criticality_modules(template)`` between ``theta0`` and ``thetaf``.
 
     ``options``: alphas, sigmas, epsilon, noise ("absolute"/"relative"), draws, criterion ("error"/"loss")
     as in ``callbacks.criticality.module_criticality``.
@@ -122,7 +144,7 @@ def criticality(template: nn.Module, theta0: Mapping[str, torch.Tensor], thetaf:
     from callbacks.criticality import module_criticality
 
     net = with_state(template, thetaf)
-    return module_criticality(net, dict(theta0), dict(thetaf), train_loader, list(layer_groups(template)),
+    return module_criticality(net, dict(theta0), dict(thetaf), train_loader, criticality_modules(template),
                               alphas=options["alphas"], sigmas=options["sigmas"],
                               epsilon=float(options["epsilon"]), noise=options["noise"],
                               draws=int(options["draws"]), seed=seed, criterion=options["criterion"],

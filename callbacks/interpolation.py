@@ -201,8 +201,13 @@ class Interpolation(Callback):
             self._start_state = clone_state(pl_module)
 
     def _state(self, spec: StateSource | str, pl_module: LightningModule) -> StateSource:
-        if isinstance(spec, str) and spec in ("fit_start", "fit_end"):
-            return self._start_state if spec == "fit_start" else clone_state(pl_module)  # type: ignore[return-value]
+        if isinstance(spec, str) and spec == "fit_end":
+            return clone_state(pl_module)
+        if isinstance(spec, str) and spec == "fit_start":
+            if self._start_state is None:
+                raise CallbackConfigError("Interpolation has no fit-start weights (on_fit_start did not run)",
+                                          "pass state_a=<state dict or checkpoint> explicitly")
+            return self._start_state
         return spec
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -197,7 +197,10 @@ class SimilarityTracker(Callback):
                 continue
             stem = f"similarity_matrix_{ref_name}"
             outputs.json(f"{stem}.json", record)
-            figure = heatmap_figure(matrix.numpy(), rows, cols, vmin=0.0, vmax=1.0,
+            finite = matrix[torch.isfinite(matrix)]
+            in_unit = finite.numel() > 0 and bool(((finite >= 0) & (finite <= 1)).all())  # else autoscale
+            figure = heatmap_figure(matrix.numpy(), rows, cols, vmin=0.0 if in_unit else None,
+                                    vmax=1.0 if in_unit else None,
                                     title=f"{self.measure_name}: {snapshot.tag} vs {ref_name}",
                                     xlabel=f"layer ({ref_name})", ylabel=f"layer ({snapshot.tag})",
                                     cbar_label=self.measure_name)

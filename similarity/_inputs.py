@@ -46,7 +46,10 @@ def check_choice(kind: str, value: str, choices: Iterable[str]) -> str:
 
 
 def as_matrix(x: Tensor, name: str = "x") -> Tensor:
-    """[N, ...] -> [N, D] (a view when possible); rejects non-tensors, scalars, complex and non-finite."""
+    """[N, ...] -> [N, D] (a view when possible); rejects non-tensors, scalars and complex tensors.
+
+    Finiteness is checked later, on the sums each measure computes anyway (check_finite).
+    """
     if not isinstance(x, Tensor):
         raise SimilarityInputError(f"{name} must be a torch.Tensor [N, ...], got {type(x).__name__}; "
                                    f"convert it with torch.as_tensor({name}).")
@@ -58,10 +61,18 @@ def as_matrix(x: Tensor, name: str = "x") -> Tensor:
     x = x.detach().reshape(x.shape[0], -1)
     if x.shape[1] == 0:
         raise SimilarityInputError(f"{name} has no features (shape {tuple(x.shape)}); pass [N, D], D >= 1.")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    return x
+
+
+def check_finite(summary: Tensor, name: str) -> None:
+    """Raise if a float64 summary (column sums, row norms) of an input is not finite.
+
+    NaN/inf in an input always reach its sums, so checking the O(D) or O(N) summary that the measure
+    computes anyway replaces a separate O(N D) pass over the data.
+    """
+    if not bool(torch.isfinite(summary).all()):
         raise SimilarityInputError(f"{name} contains NaN or infinite values; remove those examples or fix "
                                    "the activations that overflowed before comparing.")
-    return x
 
 
 def as_pair(x: Tensor, y: Tensor, *, min_examples: int = 2) -> tuple[Tensor, Tensor]:
@@ -98,13 +109,14 @@ def column_mean64(x: Tensor) -> Tensor:
     return total / x.shape[0]
 
 
-def centre(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def centre(x: Tensor, dtype: torch.dtype, name: str = "x") -> tuple[Tensor, Tensor]:
     """Column-centred copy of [N, D] in dtype (centred in float64) and its row squared norms in float64.
 
     The row norms (= the diagonal of the centred Gram matrix) come from the float64 values, so the
     debiased estimators and RBF distances get them without float32 rounding.
     """
     mean = column_mean64(x)
+    check_finite(mean, name)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     row_sq = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     step = _rows_per_chunk(x.shape[1])
@@ -115,7 +127,7 @@ def centre(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return out, row_sq
 
 
-def normalise_rows(x: Tensor, dtype: torch.dtype, *, centre_first: bool) -> Tensor:
+def normalise_rows(x: Tensor, dtype: torch.dtype, *, centre_first: bool, name: str = "x") -> Tensor:
     """Each row (minus its own mean when centre_first) scaled to unit norm, in float64, cast to dtype.
 
     Rows with zero norm after centring stay all-zero instead of becoming NaN.
@@ -127,5 +139,6 @@ def normalise_rows(x: Tensor, dtype: torch.dtype, *, centre_first: bool) -> Tens
         if centre_first:
             chunk = chunk - chunk.mean(1, keepdim=True)
         norm = chunk.norm(dim=1, keepdim=True)
+        check_finite(norm, name)
         out[start:start + step] = chunk / torch.where(norm > 0, norm, torch.ones_like(norm))
     return out

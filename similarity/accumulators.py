@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from similarity._inputs import SimilarityInputError, as_pair
+from similarity._inputs import SimilarityInputError, as_pair, check_finite
 
 _F64 = torch.float64
 _SCALARS_DEBIASED = ("sum_aa", "sum_bb", "sum_ab", "sum_a", "sum_b")
@@ -70,14 +70,28 @@ class LinearCKAAccumulator(Metric):
                                            f"so far ({name} has shape {tuple(state.shape)}); feed every "
                                            "batch from the same layers, or call reset() first.")
 
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        """Sum states (forward() and merge_state()), where one side may still hold empty placeholders."""
+        incoming_state = dict(incoming_state)
+        for name in self._defaults:
+            mine, theirs = getattr(self, name), incoming_state[name]
+            if mine.numel() == 0 and theirs.numel() > 0:
+                setattr(self, name, torch.zeros_like(theirs))
+            elif theirs.numel() == 0 and mine.numel() > 0:
+                incoming_state[name] = torch.zeros_like(mine)
+        super()._reduce_states(incoming_state)
+
     def update(self, x: Tensor, y: Tensor) -> None:
         """Add a batch of paired examples (x[i] and y[i] describe the same input)."""
         x, y = as_pair(x, y, min_examples=1)
         x, y = x.to(device=self.n.device, dtype=_F64), y.to(device=self.n.device, dtype=_F64)
         self._ensure_widths(x.shape[1], y.shape[1], x.device)
+        batch_x, batch_y = x.sum(0), y.sum(0)
+        check_finite(batch_x, "x")
+        check_finite(batch_y, "y")
         self.n += x.shape[0]
-        self.sum_x += x.sum(0)
-        self.sum_y += y.sum(0)
+        self.sum_x += batch_x
+        self.sum_y += batch_y
         self.xtx += x.T @ x
         self.yty += y.T @ y
         self.xty += x.T @ y

@@ -42,8 +42,8 @@ def linear_hsic_terms(x: Tensor, y: Tensor, *, debiased: bool) -> tuple[float, f
     """(HSIC(x, y), HSIC(x, x), HSIC(y, y)) up to a common positive factor, for checked [N, D] inputs."""
     n = x.shape[0]
     dtype = compute_dtype(x, y)
-    xc, diag_x = centre(x, dtype)
-    yc, diag_y = centre(y, dtype)
+    xc, diag_x = centre(x, dtype, "x")
+    yc, diag_y = centre(y, dtype, "y")
     xy, xx, yy = linear_sums(xc, yc)
     if debiased:
         xy, xx, yy = (debias(xy, diag_x, diag_y, n), debias(xx, diag_x, diag_x, n),
@@ -73,7 +73,7 @@ def median_sq_distance(d2: Tensor) -> float:
     return 0.5 * (float(torch.kthvalue(upper, m // 2).values) + hi)
 
 
-def rbf_kernel(x: Tensor, *, bandwidth_factor: float = 1.0) -> Tensor:
+def rbf_kernel(x: Tensor, *, bandwidth_factor: float = 1.0, name: str = "x") -> Tensor:
     """RBF kernel exp(-d^2 / (2 sigma^2)) of the rows of [N, D], sigma = bandwidth_factor * median distance.
 
     The median is taken over distinct pairs (i < j) of Euclidean distances, i.e.
@@ -84,7 +84,7 @@ def rbf_kernel(x: Tensor, *, bandwidth_factor: float = 1.0) -> Tensor:
     if not bandwidth_factor > 0 or not math.isfinite(bandwidth_factor):
         raise SimilarityInputError(f"bandwidth_factor must be positive and finite, got {bandwidth_factor}; "
                                    "1.0 uses the median distance itself.")
-    xc, sq = centre(x, compute_dtype(x))  # distances are translation invariant; centring keeps them exact
+    xc, sq = centre(x, compute_dtype(x), name)  # distances are translation invariant; centring keeps them exact
     k = gram(xc)
     del xc
     for a0, a1 in edges(k.shape[0], 1024):
@@ -107,7 +107,7 @@ def rbf_cka(x: Tensor, y: Tensor, *, bandwidth_factor: float = 1.0, debiased: bo
     """
     x, y = as_pair(x, y, min_examples=4 if debiased else 3)
     return _ratio(*centred_gram_sums(rbf_kernel(x, bandwidth_factor=bandwidth_factor),
-                                     rbf_kernel(y, bandwidth_factor=bandwidth_factor), debiased=debiased))
+                                     rbf_kernel(y, bandwidth_factor=bandwidth_factor, name="y"), debiased=debiased))
 
 
 def minibatch_cka(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> float:

@@ -37,8 +37,8 @@ def procrustes_distance(x: Tensor, y: Tensor) -> float:
     """
     x, y = as_pair(x, y, min_examples=2)
     dtype = compute_dtype(x, y)
-    xc, sq_x = centre(x, dtype)
-    yc, sq_y = centre(y, dtype)
+    xc, sq_x = centre(x, dtype, "x")
+    yc, sq_y = centre(y, dtype, "y")
     norm_x, norm_y = math.sqrt(float(sq_x.sum())), math.sqrt(float(sq_y.sum()))
     if norm_x == 0 or norm_y == 0:
         return math.nan

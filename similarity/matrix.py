@@ -24,7 +24,7 @@ from similarity._blocks import centre_kernel_, cross_feature_sq, dot64, edges, g
 from similarity._inputs import SimilarityInputError, as_matrix, centre, compute_dtype
 from similarity.cka import _ratio, debias, rbf_kernel
 from similarity.registry import MEASURES, Measure, get_measure
-from similarity.rsa import average_ranks, kendall_tau_a, rdm, standardised
+from similarity.rsa import _comparable, kendall_tau_a
 
 # Largest total size of the N x N Gram matrices kept at once by the linear CKA planner.
 GRAM_BUDGET_BYTES = 3 * 2**30
@@ -121,12 +121,15 @@ def _rbf_cka_matrix(tensors: list[Tensor], idx_a: list[int], idx_b: list[int], *
 
 def _rsa_matrix(tensors: list[Tensor], idx_a: list[int], idx_b: list[int], *, compare: str,
                 rdm_metric: str = "correlation") -> Tensor:
-    rdms = [rdm(t, rdm_metric) for t in tensors]
-    if compare == "kendall_tau_a":
-        values = {(a, b): kendall_tau_a(rdms[a], rdms[b]) for a in set(idx_a) for b in set(idx_b)}
-        return torch.tensor([[values[a, b] for b in idx_b] for a in idx_a], dtype=torch.float64)
-    vectors = torch.stack([standardised(average_ranks(r) if compare == "spearman" else r) for r in rdms])
-    return (vectors[idx_a] @ vectors[idx_b].T).to(torch.float64)
+    prepared = [_comparable(t, rdm_metric, compare, "x") for t in tensors]
+    values: dict[tuple[int, int], float] = {}
+    for a in idx_a:
+        for b in idx_b:
+            key = (min(a, b), max(a, b))
+            if key not in values:
+                pa, pb = prepared[key[0]], prepared[key[1]]
+                values[key] = kendall_tau_a(pa, pb) if compare == "kendall_tau_a" else float(torch.dot(pa, pb))
+    return torch.tensor([[values[min(a, b), max(a, b)] for b in idx_b] for a in idx_a], dtype=torch.float64)
 
 
 _FAST: dict[str, Callable[[list[Tensor], list[int], list[int]], Tensor]] = {

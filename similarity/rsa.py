@@ -13,6 +13,7 @@ rsa_similarity returns the correlation itself (1 = same geometry); rsa_dissimila
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ COMPARISONS = ("spearman", "pearson", "kendall_tau_a")
 
 # Rows of the RDM strip computed per block product.
 _ROW_BLOCK = 1024
+# From this many examples on, rsa_similarity prepares x and y in two threads.
+_THREADED_MIN_N = 500
 
 
 def _upper_strips(z: Tensor, transform=None) -> Tensor:
@@ -52,19 +55,23 @@ def rdm(x: Tensor, metric: str = "correlation") -> Tensor:
     Rows with zero variance ("correlation") or zero norm ("cosine") are treated as uncorrelated with
     every other row (dissimilarity 1) instead of producing NaN.
     """
+    return _rdm(x, metric, "x")
+
+
+def _rdm(x: Tensor, metric: str, name: str) -> Tensor:
     check_choice("RDM metric", metric, RDM_METRICS)
-    x = as_matrix(x, "x")
+    x = as_matrix(x, name)
     if x.shape[0] < 2:
         raise ValueError(f"an RDM needs at least 2 examples, got {x.shape[0]}; pass more examples.")
     dtype = compute_dtype(x)
     if metric == "euclidean":
-        xc, sq = centre(x, dtype)
+        xc, sq = centre(x, dtype, name)
 
         def to_distance(a0: int, a1: int, g: Tensor) -> Tensor:
             return (sq[a0:a1, None] + sq[None, a0:] - 2 * g).clamp_(min=0).sqrt_()
 
         return _upper_strips(xc, to_distance)
-    g = _upper_strips(normalise_rows(x, dtype, centre_first=metric == "correlation"))
+    g = _upper_strips(normalise_rows(x, dtype, centre_first=metric == "correlation", name=name))
     return g.neg_().add_(1.0)
 
 
@@ -175,13 +182,34 @@ def compare_rdms(a: Tensor, b: Tensor, compare: str = "spearman") -> float:
     return float(torch.dot(standardised(a), standardised(b)))
 
 
+def _comparable(x: Tensor, metric: str, compare: str, name: str) -> Tensor:
+    """One side's RDM in the form its comparison needs: standardised ranks (Spearman), standardised values
+    (Pearson; then rho is a dot product) or the raw RDM (Kendall)."""
+    values = _rdm(x, metric, name)
+    if compare == "kendall_tau_a":
+        return values
+    return standardised(average_ranks(values) if compare == "spearman" else values)
+
+
 def rsa_similarity(x: Tensor, y: Tensor, *, rdm_metric: str = "correlation",
                    compare: str = "spearman") -> float:
-    """RSA similarity of two representations of the same examples: correlation of their RDMs (1 = same)."""
+    """RSA similarity of two representations of the same examples: correlation of their RDMs (1 = same).
+
+    For large N the two sides (RDM, ranking) are prepared in two threads: the sorts release the GIL.
+    """
     check_choice("RDM metric", rdm_metric, RDM_METRICS)
     check_choice("RDM comparison", compare, COMPARISONS)
     x, y = as_pair(x, y, min_examples=3)
-    return compare_rdms(rdm(x, rdm_metric), rdm(y, rdm_metric), compare)
+    if x.shape[0] >= _THREADED_MIN_N:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            future = pool.submit(_comparable, y, rdm_metric, compare, "y")
+            a = _comparable(x, rdm_metric, compare, "x")
+            b = future.result()
+    else:
+        a, b = _comparable(x, rdm_metric, compare, "x"), _comparable(y, rdm_metric, compare, "y")
+    if compare == "kendall_tau_a":
+        return kendall_tau_a(a, b)
+    return float(torch.dot(a, b))
 
 
 def rsa_dissimilarity(x: Tensor, y: Tensor, *, rdm_metric: str = "correlation",

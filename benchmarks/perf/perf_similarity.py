@@ -88,21 +88,20 @@ def make_pair(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return x.contiguous(), y.contiguous()
 
 
-def reference_linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float:
-    """float64 feature-space linear CKA with Kornblith et al.'s debiasing, all in torch float64."""
+def reference_linear_cka(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(biased, debiased) float64 feature-space linear CKA (Kornblith et al.'s debiasing), in torch float64."""
     x64, y64 = x.double(), y.double()
     x64 -= x64.mean(0)
     y64 -= y64.mean(0)
     n = x64.shape[0]
     xy, xx, yy = ((a.T @ b).square().sum().item() for a, b in ((x64, y64), (x64, x64), (y64, y64)))
-    if debiased:
-        kx, ky = x64.square().sum(1), y64.square().sum(1)
+    kx, ky = x64.square().sum(1), y64.square().sum(1)
 
-        def fix(s: float, a: torch.Tensor, b: torch.Tensor) -> float:
-            return s - n / (n - 2) * float(a @ b) + float(a.sum()) * float(b.sum()) / ((n - 1) * (n - 2))
+    def fix(s: float, a: torch.Tensor, b: torch.Tensor) -> float:
+        return s - n / (n - 2) * float(a @ b) + float(a.sum()) * float(b.sum()) / ((n - 1) * (n - 2))
 
-        xy, xx, yy = fix(xy, kx, ky), fix(xx, kx, kx), fix(yy, ky, ky)
-    return xy / (xx**0.5 * yy**0.5)
+    debiased = fix(xy, kx, ky) / (fix(xx, kx, kx) ** 0.5 * fix(yy, ky, ky) ** 0.5)
+    return xy / (xx**0.5 * yy**0.5), debiased
 
 
 # --- peers ---------------------------------------------------------------------------------------
@@ -184,9 +183,10 @@ def linear_rows(n: int, d: int) -> list[dict]:
     big = n * d >= 10_000 * 4096
     repeats = 1 if n >= 10_000 else 3
     rows = []
+    references = reference_linear_cka(x, y)
     for debiased in (False, True):
         case = f"{'cka-debiased' if debiased else 'cka'} N={n} D={d}"
-        ref = reference_linear_cka(x, y, debiased)
+        ref = references[debiased]
         rows.append(_measure("ours", case, lambda d=debiased: linear_cka(x, y, debiased=d), ref, 3))
         if not debiased:
             rows.append(_measure("bare mm", case, lambda: bare_mm(x, y), None, 3,

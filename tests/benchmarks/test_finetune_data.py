@@ -68,3 +68,22 @@ def test_the_cross_domain_target_is_sklearn_digits_at_the_model_size():
 def test_asking_for_more_examples_than_exist_names_the_limit():
     with pytest.raises(UserError, match="only .* are available.*Fix"):
         task("clean", dataset="digits", sizes={"n_train": 900, "n_val": 80, "n_test": 10})
+
+
+def test_the_paper_profile_plans_resnet18_runs_on_full_scale_data():
+    from benchmarks.finetune import FinetuneStudy
+    from benchmarks.runner import resolve_config
+
+    cfg = resolve_config("finetune", "paper", [], data_root="/data/elsewhere")
+    plan = FinetuneStudy().plan(cfg)
+    finetune = [r for r in plan if r.stage == "finetune"]
+    assert len(finetune) == len(cfg["seeds"]) * len(cfg["finetune"]["targets"]) * len(cfg["finetune"]["modes"])
+    assert all(r.config["model"]["backbone"] == "resnet18" and r.config["data_root"] == "/data/elsewhere"
+               for r in plan)
+    assert {r.config["target"]["dataset"] for r in finetune} == {"cifar10", "svhn"}
+
+
+def test_a_missing_full_scale_dataset_names_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        build_task({"dataset": "cifar10", "classes": FIVE, "labels": "clean"}, SIZES, role="target", seed=0,
+                   image_size=32, split_seed=0, norm=NORM, data_root=str(tmp_path))

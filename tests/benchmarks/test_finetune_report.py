@@ -70,7 +70,8 @@ def fabricate(tmp_path, metrics_of) -> tuple[dict, RunStore]:
 
 
 def verdicts(cfg: dict, store: RunStore) -> dict[str, str]:
-    return {f.claim.split(":")[0].split("(")[0].strip(): f.verdict for f in compute_findings(cfg, store.finished_runs())}
+    findings = compute_findings(cfg, store.finished_runs())
+    return {f.claim.split(":")[0].split("(")[0].strip(): f.verdict for f in findings}
 
 
 def test_paper_like_numbers_make_every_finding_hold(tmp_path):

@@ -5,7 +5,9 @@ import pytest
 from benchmarks.runner import resolve_config
 from benchmarks.runstore import RunStore
 from benchmarks.transfer import TransferStudy
-from benchmarks.transfer_report import collect, findings, write_report
+from benchmarks.transfer_findings import findings
+from benchmarks.transfer_report import write_report
+from benchmarks.transfer_results import collect
 
 LAYERS = ("block1", "block2", "block3", "block4", "head")
 
@@ -26,8 +28,8 @@ def _metrics(run, flip: bool) -> dict:
         return {"test_acc": acc, "speed_train_acc": 0.4 + (0.1 * sign if pt else 0.0) + jitter}
     if run.stage == "pairs":
         out = {}
-        for pair in ("0-1", "0-2", "1-2"):
-            j = 0.001 * len(out)
+        for index, pair in enumerate(("0-1", "0-2", "1-2")):
+            j = 0.001 * index
             for kind, cka, l2, barrier in (("PT-PT", 0.9, 3.0, 0.01), ("PT-RT", 0.5, 15.0, 1.0),
                                            ("RT-RT", 0.6, 14.0, 1.5)):
                 if flip and kind != "PT-RT":
@@ -98,7 +100,7 @@ def test_the_verdicts_flip_when_the_numbers_flip(tmp_path, cfg):
 def test_the_report_is_written_from_fabricated_runs_without_their_files(tmp_path, cfg):
     store = _store(tmp_path, cfg, flip=False)
     text = write_report(TransferStudy(), cfg, store).read_text()
-    assert text.count("**holds**") == 9
+    assert text.count("| **holds** |") == 9
     assert "| fmnist | 1 (pixel shuffle) |" in text and "| fmnist | 28 (intact) |" in text
     assert (store.root / "summary.csv").read_text().startswith("source,block size b,")
     assert (store.root / "figures" / "fmnist_accuracy.png").exists()

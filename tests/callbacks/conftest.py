@@ -11,3 +11,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_run_left_open():
+    """A test that fails before reading its W&B run back must not hand that open run to the next test."""
+    yield
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()

@@ -65,7 +65,8 @@ def test_two_processes_give_the_numbers_of_one(tmp_path):
         reference = at_start if row["reference"] == "start" else random_init
         layer = row["layer"]
         expected = cka(current[layer].flatten(1), reference[layer].flatten(1))
-        assert row["value"] == pytest.approx(expected, rel=1e-9, abs=1e-12), row
+        # the tracker takes the layer x layer path of similarity_matrix: float32 products, another order
+        assert row["value"] == pytest.approx(expected, rel=1e-6), row
 
     interp = interpolation_curve(model, start, final, loader(32, seed=8), lambdas=3,
                                  bn_loader=loader(32, seed=9), bn_batches=2)

@@ -16,6 +16,15 @@ SMALL = {"decoder_channels": (16, 16, 8, 8, 8)}
 SIZE = 32
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on shared cores, waiting OpenMP threads made these steps ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def same(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 

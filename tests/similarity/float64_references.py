@@ -110,3 +110,54 @@ def procrustes_distance(x: Tensor, y: Tensor) -> float:
     yp = torch.nn.functional.pad(y, (0, d - y.shape[1]))
     u, _, vt = torch.linalg.svd(yp.T @ xp)
     return float((xp - yp @ (u @ vt)).square().sum())
+
+
+# --- large-N float64 forms (no N x N centring matrix, no N^3 products) ---------------------------
+
+def linear_cka_large(x: Tensor, y: Tensor, debiased: bool = False) -> float:
+    """Feature-space float64 linear CKA with Kornblith et al.'s debiasing helper (equal to Song et al.'s)."""
+    x, y = flat64(x), flat64(y)
+    x, y = x - x.mean(0), y - y.mean(0)
+    n = x.shape[0]
+    xy, xx, yy = ((a.T @ b).square().sum().item() for a, b in ((x, y), (x, x), (y, y)))
+    if debiased:
+        kx, ky = x.square().sum(1), y.square().sum(1)
+
+        def fix(s: float, a: Tensor, b: Tensor) -> float:
+            return s - n / (n - 2) * float(a @ b) + float(a.sum()) * float(b.sum()) / ((n - 1) * (n - 2))
+
+        xy, xx, yy = fix(xy, kx, ky), fix(xx, kx, kx), fix(yy, ky, ky)
+    return xy / np.sqrt(xx * yy)
+
+
+def centred_rbf_kernel_large(x: Tensor, bandwidth_factor: float = 1.0) -> Tensor:
+    """H K H of the median-bandwidth RBF kernel in float64, centred through row means."""
+    from scipy.spatial.distance import squareform
+
+    x = flat64(x)
+    x = x - x.mean(0)
+    sq = x.square().sum(1)
+    k = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_(min=0)
+    k.fill_diagonal_(0)
+    median = float(np.median(squareform(k.numpy(), checks=False)))
+    k.mul_(-1.0 / (2 * bandwidth_factor**2 * median)).exp_()
+    rows = k.mean(1)
+    return k.sub_(rows[:, None]).sub_(rows[None, :]).add_(rows.mean())
+
+
+def correlation_rdm_large(x: Tensor) -> np.ndarray:
+    """Condensed 1 - Pearson RDM in float64 through one Gram product."""
+    from scipy.spatial.distance import squareform
+
+    z = flat64(x)
+    z = z - z.mean(1, keepdim=True)
+    z = z / z.norm(dim=1, keepdim=True)
+    g = z @ z.T
+    g.neg_().add_(1.0).fill_diagonal_(0)
+    return squareform(g.numpy(), checks=False)
+
+
+def procrustes_distance_large(x: Tensor, y: Tensor) -> float:
+    x, y = flat64(x), flat64(y)
+    x, y = x - x.mean(0), y - y.mean(0)
+    return 2.0 - 2.0 * float(torch.linalg.svdvals(x.T @ y).sum()) / float(x.norm() * y.norm())

@@ -59,6 +59,19 @@ def test_merged_accumulators_equal_one_accumulator_over_all_data():
     assert abs(float(first.compute()) - linear_cka(x, y, debiased=True)) < 1e-10
 
 
+def test_calling_the_metric_gives_each_batch_value_and_keeps_accumulating():
+    x, y = paired_data(3)
+    acc = LinearCKAAccumulator()  # widths learnt from the first batch
+    first = acc(x[:50], y[:50])
+    assert abs(float(first) - linear_cka(x[:50], y[:50])) < 1e-10
+    acc(x[50:], y[50:])
+    assert abs(float(acc.compute()) - linear_cka(x, y)) < 1e-10
+    seen_all, seen_nothing = LinearCKAAccumulator(), LinearCKAAccumulator()
+    seen_all.update(x, y)
+    seen_all.merge_state(seen_nothing)  # a rank that saw no batch (widths still unknown) adds nothing
+    assert abs(float(seen_all.compute()) - linear_cka(x, y)) < 1e-10
+
+
 def test_reset_forgets_everything_and_widths_must_stay_the_same():
     x, y = paired_data()
     acc = LinearCKAAccumulator()

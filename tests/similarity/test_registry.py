@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from similarity import MEASURES, Measure, UnknownNameError, get_measure
+from similarity import MEASURES, Measure, SimilarityInputError, UnknownNameError, get_measure
 
 
 def test_every_measure_is_a_named_callable_that_returns_a_float():
@@ -33,3 +33,12 @@ def test_get_measure_returns_the_registered_object_and_suggests_close_names():
     assert isinstance(info.value, KeyError)
     with pytest.raises(UnknownNameError, match="Known measures: linear_cka"):
         get_measure("zzz")
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_every_measure_rejects_non_finite_input_naming_the_side(name):
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = x.clone()
+    y[3, 2] = float("nan")
+    with pytest.raises(SimilarityInputError, match="y contains NaN or infinite values; remove"):
+        MEASURES[name](x, y)

@@ -71,8 +71,23 @@ def _unflatten_config(items) -> dict:
     return config
 
 
-def read_offline_run(path: str | Path) -> OfflineRun:
-    """Parse an offline run directory (``offline-run-*``) or its ``run-<id>.wandb`` file."""
+def read_offline_run(path: str | Path, wait: float = 30.0) -> OfflineRun:
+    """Parse an offline run directory (``offline-run-*``) or its ``run-<id>.wandb`` file.
+
+    ``wandb.finish()`` can return before wandb-core has flushed the file: wait up to ``wait`` seconds
+    for the run's final "exit" record before reading (a crashed run has none; it is read as it is).
+    """
+    import time
+
+    deadline = time.time() + wait
+    while True:
+        run, finished = _read_once(path)
+        if finished or time.time() >= deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_once(path: str | Path) -> tuple[OfflineRun, bool]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
@@ -82,9 +97,13 @@ def read_offline_run(path: str | Path) -> OfflineRun:
             raise FileNotFoundError(f"no run-*.wandb file in {path}; is this an offline W&B run directory?")
         path = files[0]
     run = OfflineRun(run_id=path.stem.removeprefix("run-"))
+    finished = False
     for payload in _payloads(path.read_bytes()):
         record = pb.Record()
-        record.ParseFromString(payload)
+        try:
+            record.ParseFromString(payload)
+        except Exception:  # noqa: BLE001 - a record still being written: stop here
+            break
         kind = record.WhichOneof("record_type")
         if kind == "history":
             run.history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -97,6 +116,8 @@ def read_offline_run(path: str | Path) -> OfflineRun:
             run.group, run.job_type, run.name = record.run.run_group, record.run.job_type, record.run.display_name
         elif kind == "config":
             run.config.update(_unflatten_config(record.config.update))
+        elif kind == "exit":
+            finished = True
         elif kind == "metric":
             run.metric_definitions.append({"name": record.metric.name or record.metric.glob_name,
                                            "step_metric": record.metric.step_metric})
@@ -104,7 +125,7 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         for key, value in row.items():
             if not key.startswith("_"):
                 run.summary.setdefault(key, value)
-    return run
+    return run, finished
 
 
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:

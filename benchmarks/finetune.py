@@ -276,24 +276,29 @@ def epoch_rows(rows: list[dict]) -> list[dict]:
 
 def _log_layer_epoch_heatmaps(ctx: RunContext, trainer, rows: list[dict], measure: str,
                               layers: list[str]) -> None:
-    """Layer x epoch heatmaps (PNG + wandb Image + Table) of similarity with each reference."""
-    from callbacks.plots import heatmap_figure
+    """One figure of layer x epoch heatmaps, a panel per reference (PNG + wandb Image), and a wandb Table
+    per reference (``<measure>/<reference>/layer_epoch_table``)."""
+    from callbacks.plots import draw_heatmap, new_figure
     from callbacks.run_outputs import RunOutputs
 
     outputs = RunOutputs(trainer, ctx.run_dir)
-    for reference in sorted({r["reference"] for r in rows}):
-        ref_rows = [r for r in rows if r["reference"] == reference]
-        epochs = sorted({r["x"] for r in ref_rows})
-        value = {(r["layer"], r["x"]): r["value"] for r in ref_rows}
+    references = sorted({r["reference"] for r in rows})
+    if not references:
+        return
+    epochs = sorted({r["x"] for r in rows})
+    figure = new_figure(1.2 + 0.45 * len(epochs) * len(references) + 2.5 * len(references), 0.4 * len(layers) + 2)
+    for index, reference in enumerate(references):
+        value = {(r["layer"], r["x"]): r["value"] for r in rows if r["reference"] == reference}
         matrix = np.array([[value.get((f"net.{layer}", e), math.nan) for e in epochs] for layer in layers])
-        fig = heatmap_figure(matrix, layers, [str(e) for e in epochs], title=f"{measure} with {reference}",
-                             xlabel="epoch", ylabel="layer group", cbar_label=measure,
-                             vmin=0.0, vmax=1.0)
-        outputs.figure(f"heatmap_{measure}_{reference}.png", fig,
-                       wandb_key=f"{measure}/{reference}/layer_epoch_heatmap")
+        ax = figure.add_subplot(1, len(references), index + 1)
+        draw_heatmap(ax, matrix, layers, [str(e) for e in epochs], cbar_label=measure, vmin=0.0, vmax=1.0,
+                     annotate=len(epochs) <= 12)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{measure} with {reference}")
         outputs.table(f"{measure}/{reference}/layer_epoch_table",
                       [{"layer": layer, **{f"epoch{e}": float(matrix[i, j]) for j, e in enumerate(epochs)}}
                        for i, layer in enumerate(layers)])
+    outputs.figure(f"heatmap_{measure}.png", figure, wandb_key=f"{measure}/layer_epoch_heatmap")
 
 
 @torch.no_grad()

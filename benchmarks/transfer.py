@@ -83,6 +83,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         if len(source_seeds(cfg, name)) < 2:
             raise UserError(f"source {name} has fewer than 2 seeds; P-T vs R-T needs two independent runs "
                             "per arm", "list at least two seeds (three for confidence intervals)")
+    if cfg["findings"].get("barrier_metric") not in ("error", "loss"):
+        raise unknown_name("findings.barrier_metric", str(cfg["findings"].get("barrier_metric")), ("error", "loss"))
     for group in ("analysis", "checkpoints"):
         for name in cfg[group]["sources"]:
             if name not in cfg["use_sources"]:

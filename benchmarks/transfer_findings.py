@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from benchmarks.errors import unknown_name
 from benchmarks.report import Finding
 from benchmarks.stats import Estimate, mean_ci, paired_difference, verdict_greater
 from benchmarks.transfer_results import (
@@ -121,27 +122,30 @@ def finding_similarity(res: Results, source: str) -> list[Finding]:
     return findings
 
 
-def finding_barriers(res: Results, source: str, margin: float) -> list[Finding]:
-    pt = list(scalar_pairs(res, source, "loss_barrier", "PT-PT").values())
-    rt = list(scalar_pairs(res, source, "loss_barrier", "RT-RT").values())
-    no_claim = f"[{source}] no barrier between P-T solutions (loss barrier < {margin:g})"
-    yes_claim = f"[{source}] a clear barrier between R-T solutions (loss barrier > {margin:g})"
+BARRIER_METRICS = ("error", "loss")
+
+
+def finding_barriers(res: Results, source: str, metric: str, margin: float) -> list[Finding]:
+    """No barrier between P-T solutions, a clear one between R-T solutions, on the test ``metric`` barrier."""
+    if metric not in BARRIER_METRICS:
+        raise unknown_name("findings.barrier_metric", metric, BARRIER_METRICS)
+    unit = "accuracy points" if metric == "error" else "nats"
     out = []
-    if pt:
-        est = mean_ci(pt)
-        below = verdict_greater(mean_ci([margin - b for b in pt]))
-        min_acc = list(scalar_pairs(res, source, "min_acc", "PT-PT").values())
-        out.append(Finding(no_claim, below, f"barrier {fmt(est)}", f"{est.n} seed pairs",
-                           f"lowest test accuracy on the path {np.mean(min_acc):.3f}; BN recomputed at each lambda"))
-    else:
-        out.append(no_runs(no_claim, "the pairs stage"))
-    if rt:
-        est = mean_ci(rt)
-        min_acc = list(scalar_pairs(res, source, "min_acc", "RT-RT").values())
-        out.append(Finding(yes_claim, verdict_greater(est, margin), f"barrier {fmt(est)}", f"{est.n} seed pairs",
-                           f"lowest test accuracy on the path {np.mean(min_acc):.3f}; BN recomputed at each lambda"))
-    else:
-        out.append(no_runs(yes_claim, "the pairs stage"))
+    for kind, claim in (("PT-PT", f"[{source}] no barrier between P-T solutions ({metric} barrier < {margin:g})"),
+                        ("RT-RT", f"[{source}] a clear barrier between R-T solutions ({metric} barrier > {margin:g})")):
+        values = list(scalar_pairs(res, source, f"{metric}_barrier", kind).values())
+        if not values:
+            out.append(no_runs(claim, "the pairs stage"))
+            continue
+        est = mean_ci(values)
+        verdict = verdict_greater(mean_ci([margin - v for v in values])) if kind == "PT-PT" else \
+            verdict_greater(est, margin)
+        other = "loss" if metric == "error" else "error"
+        other_est = mean_ci(list(scalar_pairs(res, source, f"{other}_barrier", kind).values()))
+        min_acc = np.mean(list(scalar_pairs(res, source, "min_acc", kind).values()))
+        out.append(Finding(claim, verdict, f"barrier {fmt(est)} {unit}", f"{est.n} seed pairs",
+                           f"{other} barrier {fmt(other_est)}; lowest test accuracy on the path {min_acc:.3f}; "
+                           "BN recomputed at each lambda"))
     return out
 
 
@@ -206,7 +210,8 @@ def findings(res: Results) -> list[Finding]:
                 finding_faster(res, source, speed_epochs)]
     for source in cfg["analysis"]["sources"]:
         out += finding_similarity(res, source)
-        out += finding_barriers(res, source, float(cfg["findings"]["barrier_margin"]))
+        margin = float(cfg["findings"]["barrier_margin"])
+        out += finding_barriers(res, source, cfg["findings"]["barrier_metric"], margin)
         out.append(finding_criticality(res, source))
     for source in cfg["checkpoints"]["sources"]:
         out.append(finding_checkpoints(res, source, float(cfg["findings"]["checkpoint_margin"])))

@@ -198,7 +198,8 @@ def write_report(study, cfg: dict, store: RunStore) -> Path:
                   "Linear CKA (biased HSIC) of each layer's outputs on fixed test images, and the l2 distance "
                   "of the weights, between the final solutions of two runs (intact images), for every two seeds "
                   "i < j: P-T_i/P-T_j, P-T_i/R-T_j, R-T_i/R-T_j.\n",
-                  table(["layer"] + [f"CKA {k}" for k in PAIR_KINDS] + [f"l2 {k}" for k in PAIR_KINDS], rows)]
+                  table(["layer"] + [f"{measure} {pair_label(k)}" for measure in ("CKA", "l2") for k in PAIR_KINDS],
+                        rows)]
         if f"{source}_cka" in figs:
             lines.append(figure(figs[f"{source}_cka"], root, f"{source}: CKA and l2 distance per layer"))
         lambdas = cfg["analysis"]["lambdas"]
@@ -208,7 +209,8 @@ def write_report(study, cfg: dict, store: RunStore) -> Path:
                   "**BatchNorm running statistics are recomputed at every λ** (reset, then a cumulative average "
                   f"over {'all' if bn is None else bn} training batches in train mode) before the test set is "
                   "evaluated. Barrier = max over λ of the test loss (error) minus the straight line between the "
-                  "end points' values.\n",
+                  f"end points' values. The findings use the {cfg['findings']['barrier_metric']} barrier with margin "
+                  f"{cfg['findings']['barrier_margin']}.\n",
                   table(BARRIER_HEADERS, barrier_rows(res, source))]
         if f"{source}_interpolation" in figs:
             lines.append(figure(figs[f"{source}_interpolation"], root, f"{source}: interpolation curves"))

@@ -76,10 +76,18 @@ def test_augmented_views_differ_but_stay_images():
     assert torch.allclose(grayscale(x)[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
 
 
+def smooth_fields(n: int = 12, size: int = 32) -> torch.Tensor:
+    """Smooth random colour fields in [0, 1]: images that stay recognisable under mild crops."""
+    low = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def test_contrastive_objective_has_every_part_and_decreases_on_a_tiny_run():
     torch.manual_seed(0)
-    module = ContrastiveReconstructionPretext(**SMALL, lr=3e-3, seed=0)
-    x = images(12)
+    # mild views so that 30 steps suffice; lr 1e-3 (2e-3 and above made NT-Xent jump around here)
+    module = ContrastiveReconstructionPretext(**SMALL, lr=1e-3, seed=0, crop_min_scale=0.85, colour_jitter=0.1,
+                                              grayscale_p=0.0)
+    x = smooth_fields()
 
     def objective() -> dict[str, float]:
         module._generator.manual_seed(123)  # same views and corruptions for the before/after comparison
@@ -91,7 +99,7 @@ def test_contrastive_objective_has_every_part_and_decreases_on_a_tiny_run():
     assert set(before) == {"loss", "ntxent", "reconstruction", "denoise", "inpaint", "colourise"}
     optimiser = module.configure_optimizers()
     module.train()
-    for _ in range(25):
+    for _ in range(30):
         loss = module.losses(x)["loss"]
         optimiser.zero_grad()
         loss.backward()

@@ -237,14 +237,18 @@ def _keep_weights_callback(weights_dir: Path):
     return KeepWeights()
 
 
-def _similarity_callbacks(run_dir: Path, probe: Dataset, references: dict, sim_cfg: dict):
-    """A snapshot callback on the probe set and one tracker per measure (rows survive a resume)."""
+def _similarity_callbacks(run_dir: Path, probe: Dataset, references: dict, sim_cfg: dict, resuming: bool):
+    """A snapshot callback on the probe set and one tracker per measure (rows survive a resume).
+
+    References are explicit weights, never "the first snapshot", so a resumed fit compares with the
+    true start; it also takes no fit-start snapshot (the start is already in the saved rows).
+    """
     from callbacks import RepresentationSnapshot, SimilarityTracker
 
     snapshot = RepresentationSnapshot(probe, probe_size=int(sim_cfg["probe_size"]),
                                       seed=int(sim_cfg["probe_seed"]), save=False, every_n_epochs=1,
                                       pooling=sim_cfg.get("pooling", "flatten"),
-                                      at_fit_start=True, at_fit_end=True, keep=1)
+                                      at_fit_start=not resuming, at_fit_end=True, keep=1)
     trackers = {}
     for measure in sim_cfg["measures"]:
         out_dir = run_dir / f"similarity_{measure}"
@@ -260,17 +264,19 @@ def _similarity_callbacks(run_dir: Path, probe: Dataset, references: dict, sim_c
 def epoch_rows(rows: list[dict]) -> list[dict]:
     """Tracker rows with an epoch index ``x``: 0 = start (the first fit-start snapshot), e = after epoch e.
 
-    Duplicates (a resumed fit's start snapshot repeats the previous epoch end) are dropped.
+    A resumed fit takes another fit-start snapshot (of the restored weights, before Lightning restores
+    the epoch counter, so it is labelled epoch 0 step 0): only the first start counts. An epoch redone
+    after a resume replaces the earlier row of that epoch.
     """
     out: dict[tuple, dict] = {}
     for row in rows:
-        if row["moment"] == "fit_start" and row["step"] == 0:
-            index = 0
+        if row["moment"] == "fit_start":
+            key = (row["reference"], row["layer"], 0)
+            if key not in out:
+                out[key] = {**row, "x": 0}
         elif row["moment"] == "epoch":
             index = int(row["epoch"]) + 1
-        else:
-            continue
-        out[(row["reference"], row["layer"], index)] = {**row, "x": index}
+            out[(row["reference"], row["layer"], index)] = {**row, "x": index}
     return sorted(out.values(), key=lambda r: (r["reference"], r["x"]))
 
 
@@ -385,14 +391,14 @@ class FinetuneStudy(Study):
         if not (weights / "epoch000.pt").exists() and global_rank() == 0:
             save_state(weights / "epoch000.pt", module.state_dict())
         refs = {"init": str(weights / "epoch000.pt")}
-        probe = task.datasets["test"]
-        snapshot, trackers = _similarity_callbacks(ctx.run_dir, probe, refs, config["similarity"])
+        probe, resume = task.datasets["test"], ctx.resume_path()
+        snapshot, trackers = _similarity_callbacks(ctx.run_dir, probe, refs, config["similarity"], resume is not None)
         trainer = ctx.trainer(max_epochs=int(source["epochs"]),
                               callbacks=[keep, snapshot, *trackers.values()],
                               limit_train_batches=source.get("limit_batches"),
                               limit_val_batches=source.get("limit_batches"))
         dm = _datamodule(task, seed, int(source["batch_size"]))
-        trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
         tested = trainer.test(module, datamodule=dm, verbose=False)[0]
         for measure, tracker in trackers.items():
             _log_layer_epoch_heatmaps(ctx, trainer, epoch_rows(tracker.rows), measure, module.layer_names)
@@ -416,13 +422,13 @@ class FinetuneStudy(Study):
         module.load_pretrained(pretrained, ft.get("head_policy", "reinit"))
         start_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         refs = {"start": start_state, "random_init": RandomInitReference(seed=10_000 + seed)}
-        probe = task.datasets["test"]
-        snapshot, trackers = _similarity_callbacks(ctx.run_dir, probe, refs, config["similarity"])
+        probe, resume = task.datasets["test"], ctx.resume_path()
+        snapshot, trackers = _similarity_callbacks(ctx.run_dir, probe, refs, config["similarity"], resume is not None)
         trainer = ctx.trainer(max_epochs=int(ft["epochs"]), callbacks=[snapshot, *trackers.values()],
                               limit_train_batches=ft.get("limit_batches"),
                               limit_val_batches=ft.get("limit_batches"))
         dm = _datamodule(task, seed, int(ft["batch_size"]))
-        trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
         tested = trainer.test(module, datamodule=dm, verbose=False)[0]
         for measure, tracker in trackers.items():
             _log_layer_epoch_heatmaps(ctx, trainer, epoch_rows(tracker.rows), measure, module.layer_names)
@@ -433,6 +439,7 @@ class FinetuneStudy(Study):
                    "label_agreement": task.label_agreement, "frozen_params_changed": float(len(changed)),
                    "trainable_groups": float(len(module.trainable_groups))}
         metrics.update(self._final_similarities(trackers, module.layer_names))
+        metrics.update({f"depth.{layer}": float(i) for i, layer in enumerate(module.layer_names)})
         return metrics
 
     @staticmethod
@@ -479,7 +486,9 @@ class FinetuneStudy(Study):
                 head = _layers(group)[-1]
                 rows.append((target, mode, mean_ci(_metric(group, "test_acc")).mean,
                              mean_ci(_metric(group, f"{measure}.start.{head}")).mean, len(group)))
-        return ["", *_terminal_table(["target", "mode", "test acc", f"{measure} head vs start", "n"], rows)]
+        lines = ["", *_terminal_table(["target", "mode", "test acc", f"{measure} head vs start", "n"], rows), ""]
+        lines += [f"[{f.verdict}] {f.claim}" for f in compute_findings(cfg, runs)]
+        return lines
 
 
 # ============================================================================================ report
@@ -498,12 +507,13 @@ def _metric(runs: list[dict], key: str) -> list[float]:
 
 
 def _layers(runs: list[dict], measure: str | None = None, reference: str = "start") -> list[str]:
-    """Layer groups in network order, read from the metric names (``<measure>.<ref>.<layer>``)."""
+    """Layer groups in network order: from the metric names (``<measure>.<ref>.<layer>``), ordered by the
+    ``depth.<layer>`` metrics (metrics.json is stored with sorted keys, which would put ``fc`` first)."""
     for r in runs:
         prefix = f"{measure or r['config']['similarity']['measures'][0]}.{reference}."
         layers = [k[len(prefix):] for k in r["metrics"] if k.startswith(prefix)]
         if layers:
-            return layers
+            return sorted(layers, key=lambda layer: r["metrics"].get(f"depth.{layer}", layers.index(layer)))
     return []
 
 
@@ -733,6 +743,11 @@ def write_report(cfg: dict, store: RunStore) -> Path:
         "compare targets with it rather than reading raw values).\n")
     findings = compute_findings(cfg, runs)
     parts += ["## Findings\n", findings_table(findings)]
+    if runs:
+        frozen = [r for r in runs if r["metrics"].get("trainable_groups", 0) < len(_layers([r], measure))]
+        broken = [r["key"] for r in frozen if r["metrics"].get("frozen_params_changed", 0) > 0]
+        parts.append(f"Frozen parts checked bit for bit after training in {len(frozen)} runs (head-only, lower, ...): "
+                     + (f"**{len(broken)} changed**: {', '.join(broken)}\n" if broken else "all unchanged.\n"))
     if pre:
         parts.append("## Pretraining\n")
         parts.append(table(["seed", "source test acc", "source train acc"],

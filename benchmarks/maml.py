@@ -65,15 +65,18 @@ def _require(cfg: dict, keys: Iterable[str], where: str) -> None:
 
 def check_config(cfg: dict) -> None:
     """Reject unknown names and impossible settings before anything trains."""
-    _require(cfg, ("seeds", "experiments", "datasets", "meta", "analysis", "control", "findings"), "")
-    for name in cfg["experiments"]:
-        if name not in cfg["datasets"]:
-            raise unknown_name("experiment (not under datasets:)", name, cfg["datasets"])
-        spec = cfg["datasets"][name]
-        _require(spec, ("data", "model", "meta"), f"datasets.{name}.")
-        if spec["data"]["source"] not in SOURCES:
-            raise unknown_name("few-shot source", spec["data"]["source"], SOURCES)
-    for algorithm in cfg["meta"]["algorithms"]:
+    _require(cfg, ("seeds", "experiments", "data", "model", "maml", "analysis", "control", "findings"), "")
+    if not isinstance(cfg["experiments"], dict) or not cfg["experiments"]:
+        raise UserError("experiments must map names to overrides of data/model/maml (e.g. {glyphs: {}})",
+                        "see benchmarks/configs/maml/paper.yaml for two experiments side by side")
+    for name, overrides in cfg["experiments"].items():
+        for section in overrides or {}:
+            if section not in ("data", "model", "maml"):
+                raise unknown_name(f"section in experiments.{name}", section, ("data", "model", "maml"))
+        source = experiment_config(cfg, name)["data"]["source"]
+        if source not in SOURCES:
+            raise unknown_name("few-shot source", source, SOURCES)
+    for algorithm in cfg["maml"]["algorithms"]:
         if algorithm not in ALGORITHMS:
             raise unknown_name("algorithm", algorithm, ALGORITHMS)
     analysis = cfg["analysis"]
@@ -94,22 +97,24 @@ def check_config(cfg: dict) -> None:
     for layer in cfg["findings"]["early_layers"]:
         if layer not in BODY:
             raise unknown_name("layer", layer, BODY)
-    meta = cfg["meta"]
+    meta = cfg["maml"]
     if int(meta["meta_steps"]) < 1 or int(meta["steps_per_epoch"]) < 1:
-        raise UserError("meta.meta_steps and meta.steps_per_epoch must be >= 1", "set positive step counts")
+        raise UserError("maml.meta_steps and maml.steps_per_epoch must be >= 1", "set positive step counts")
 
 
 def experiment_config(cfg: dict, name: str) -> dict:
-    """The resolved config of one experiment: its data and model, meta defaults overridden by its own."""
-    spec = cfg["datasets"][name]
-    meta = {k: v for k, v in cfg["meta"].items() if k != "algorithms"}
-    meta.update(spec.get("meta", {}))
+    """One experiment's resolved config: the shared data, model and maml sections with its overrides."""
+    overrides = cfg["experiments"][name] or {}
+    meta = {k: v for k, v in cfg["maml"].items() if k != "algorithms"}
+    meta.update(overrides.get("maml", {}))
+    data = {**cfg["data"], **overrides.get("data", {})}
+    model = {**cfg["model"], **overrides.get("model", {})}
     control = dict(cfg["control"])
     if control.get("inner_lr") is None:
         control["inner_lr"] = meta["inner_lr"]
-    out = {"experiment": name, "data": dict(spec["data"]), "model": dict(spec["model"]), "meta": meta,
+    out = {"experiment": name, "data": data, "model": model, "maml": meta,
            "analysis": dict(cfg["analysis"]), "control": control}
-    if spec["data"]["source"] != "glyphs":
+    if data["source"] != "glyphs":
         out["data_root"] = cfg.get("data_root")
     return out
 
@@ -124,7 +129,7 @@ def build_datamodule(config: dict, seed: int):
     """The few-shot DataModule of an experiment (tasks are reproducible functions of the seed)."""
     from datamodules.tasks import FewShotDataModule
 
-    data, meta = config["data"], config["meta"]
+    data, meta = config["data"], config["maml"]
     batch = int(meta["meta_batch_size"])
     try:
         return FewShotDataModule(
@@ -136,13 +141,13 @@ def build_datamodule(config: dict, seed: int):
             data_root=config.get("data_root"))
     except ValueError as err:
         raise UserError(f"cannot build the few-shot data of experiment {config['experiment']}: {err}",
-                        "fix the datasets.<experiment>.data entries") from None
+                        "fix the data entries (or experiments.<name>.data)") from None
 
 
 def build_module(config: dict, algorithm: str, inner_lr: float | None = None):
     from modules.maml import MAMLModule
 
-    data, model, meta = config["data"], config["model"], config["meta"]
+    data, model, meta = config["data"], config["model"], config["maml"]
     return MAMLModule(
         int(data["ways"]), in_channels=int(model["in_channels"]), image_size=int(data["image_size"]),
         hidden=int(model["hidden"]), algorithm=algorithm, first_order=bool(meta["first_order"]),
@@ -345,7 +350,7 @@ class MAMLStudy(Study):
         for experiment in cfg["experiments"]:
             config = experiment_config(cfg, experiment)
             for seed in cfg["seeds"]:
-                for algorithm in cfg["meta"]["algorithms"]:
+                for algorithm in cfg["maml"]["algorithms"]:
                     runs.append(Run(self.name, "meta_train",
                                     {"experiment": experiment, "algorithm": algorithm, "seed": seed},
                                     {**config, "algorithm": algorithm, "seed": seed}))
@@ -366,7 +371,7 @@ class MAMLStudy(Study):
         from modules.maml import MAMLModule
 
         config, seed = run.config, ctx.seed
-        meta, analysis = config["meta"], config["analysis"]
+        meta, analysis = config["maml"], config["analysis"]
         dm = build_datamodule(config, seed)
         dm.setup()
         module = build_module(config, run.config["algorithm"])
@@ -445,7 +450,7 @@ class MAMLStudy(Study):
         if n_test > 0:  # few-shot accuracy of fine-tuning the whole control network from a fresh head
             adapter = load(files[max(files)])
             test_tasks = Subset(dm.task_datasets["test"], list(range(n_test)))
-            batch_size = int(config["meta"]["meta_batch_size"])
+            batch_size = int(config["maml"]["meta_batch_size"])
             accs = evaluate_accuracies(adapter, DataLoader(test_tasks, batch_size=batch_size))
             atomic_write_json(ctx.run_dir / "test_accuracies.json", {"accuracies": accs})
             est = mean_ci(accs)
@@ -683,7 +688,7 @@ def _summary_rows(experiment: str, data: dict) -> list[dict]:
 
 def _experiment_section(cfg: dict, experiment: str, data: dict, root: Path, figures: Path) -> list[str]:
     config = data["config"]
-    d, meta = config["data"], config["meta"]
+    d, meta = config["data"], config["maml"]
     record = [int(s) for s in config["analysis"]["record_steps"]]
     last = max(record)
     measures = config["analysis"]["measures"]

@@ -100,6 +100,19 @@ def check_config(cfg: Mapping[str, Any]) -> None:
                             "use seeds of the train stage (the last checkpoint reuses its runs)")
 
 
+MODEL_KEYS = ("kind", "backbone", "in_channels", "image_size", "hidden", "allow_download")
+PAIR_KEYS = ("probe_size", "lambdas", "bn_batches")
+
+
+def run_source(src: Mapping[str, Any], *parts: str) -> dict[str, Any]:
+    """What of a source a run depends on: its model and the named parts (pretrain, train).
+
+    Grid-defining lists (block sizes, seeds) stay out, so adding a block size or a seed leaves the
+    keys of finished runs unchanged and they are not redone.
+    """
+    return {k: src[k] for k in (*MODEL_KEYS, *parts) if k in src}
+
+
 def _digest(items: list[str]) -> str:
     return hashlib.sha1(json.dumps(sorted(items)).encode()).hexdigest()[:12]
 
@@ -124,10 +137,13 @@ class TransferStudy(Study):
         runs: list[Run] = []
         pretrain_key: dict[str, str] = {}
         train_key: dict[tuple, str] = {}
+        trained: dict[str, dict[str, Any]] = {}  # what a downstream run of each source depends on
         for name in cfg["use_sources"]:
             src = source_config(cfg, name)
+            trained[name] = run_source(src, "pretrain", "train")
             if src["kind"] == "conv4":
-                run = Run(self.name, "pretrain", {"source": name}, {"source": src, "seed": src["pretrain"]["seed"]})
+                run = Run(self.name, "pretrain", {"source": name},
+                          {"source": run_source(src, "pretrain"), "seed": src["pretrain"]["seed"]})
                 runs.append(run)
                 pretrain_key[name] = run.key
         for name in cfg["use_sources"]:
@@ -137,27 +153,28 @@ class TransferStudy(Study):
                     for seed in source_seeds(cfg, name):
                         needs = (pretrain_key[name],) if arm == "pretrained" and name in pretrain_key else ()
                         run = Run(self.name, "train", {"source": name, "init": arm, "block": block, "seed": seed},
-                                  {"source": src, "target": target}, needs)
+                                  {"source": trained[name], "target": target}, needs)
                         runs.append(run)
                         train_key[(name, arm, block, seed)] = run.key
         for name in cfg["analysis"]["sources"]:
             src = source_config(cfg, name)
             members = [train_key[(name, arm, intact(src), s)] for arm in ARMS for s in source_seeds(cfg, name)]
+            pair_cfg = {k: cfg["analysis"][k] for k in PAIR_KEYS}
             runs.append(Run(self.name, "pairs", {"source": name},
-                            {"source": src, "target": target, "analysis": _analysis(cfg), "runs": sorted(members)},
+                            {"source": trained[name], "target": target, "analysis": pair_cfg, "runs": sorted(members)},
                             tuple(members)))
             for arm in ARMS:
                 for seed in source_seeds(cfg, name):
                     of = train_key[(name, arm, intact(src), seed)]
                     runs.append(Run(self.name, "criticality", {"source": name, "init": arm, "seed": seed},
-                                    {"source": src, "target": target, "analysis": _analysis(cfg), "of": of},
-                                    (of,)))
+                                    {"source": trained[name], "target": target,
+                                     "criticality": dict(cfg["analysis"]["criticality"]), "of": of}, (of,)))
         for name in cfg["checkpoints"]["sources"]:
             src = source_config(cfg, name)
             for step in checkpoint_steps(src["pretrain"])[:-1]:  # the last one is the intact P-T run
                 for seed in cfg["checkpoints"]["seeds"]:
                     runs.append(Run(self.name, "checkpoint", {"source": name, "step": step, "seed": int(seed)},
-                                    {"source": src, "target": target}, (pretrain_key[name],)))
+                                    {"source": trained[name], "target": target}, (pretrain_key[name],)))
         needs = tuple(r.key for r in runs)
         runs.append(Run(self.name, "aggregate", {}, {"study_config": cfg, "inputs": _digest(list(needs))}, needs))
         return runs
@@ -204,10 +221,6 @@ class TransferStudy(Study):
         return summary_lines(self, cfg, store)
 
 
-def _analysis(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(cfg["analysis"])
-
-
 # ============================================================================================ analysis stages
 def run_outputs(ctx: RunContext):
     """``callbacks.run_outputs.RunOutputs`` for a run without a Trainer (files in the run dir + W&B)."""
@@ -224,17 +237,15 @@ def _member(ctx: RunContext, key: str) -> tuple[dict, Path]:
 
 
 def _intact_data(run: Run):
-    """The intact target task (train in a fixed order for BN statistics, test, probe inputs)."""
+    """The intact target task: the datamodule, training data in a fixed order, test data."""
     from benchmarks.transfer_training import seeded_loader, target_datamodule
-    from callbacks.probe import select_probe
 
-    src, target, analysis = run.config["source"], run.config["target"], run.config["analysis"]
+    src, target = run.config["source"], run.config["target"]
     dm = target_datamodule(target, src, intact(src), 0)
     dm.setup()
     train = seeded_loader(dm.dataset("train"), int(src["train"]["batch_size"]), None)
     test = seeded_loader(dm.dataset("test"), 256, None)
-    probe = select_probe(dm.dataset("test"), int(analysis["probe_size"]), seed=0).inputs
-    return dm, train, test, probe
+    return dm, train, test
 
 
 def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
@@ -243,9 +254,11 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
     from benchmarks.transfer_figures import cka_figure
     from benchmarks.transfer_training import load_net
     from callbacks.interpolation import report_interpolation
+    from callbacks.probe import select_probe
 
     analysis = run.config["analysis"]
-    dm, train, test, probe = _intact_data(run)
+    dm, train, test = _intact_data(run)
+    probe = select_probe(dm.dataset("test"), int(analysis["probe_size"]), seed=0).inputs
     members: dict[str, dict[int, str]] = {}
     dirs: dict[str, Path] = {}
     for key in run.needs:
@@ -303,12 +316,12 @@ def run_criticality(run: Run, ctx: RunContext) -> dict[str, float]:
     from benchmarks.transfer_training import load_net
     from callbacks.criticality import report_criticality
 
-    dm, train, _test, _probe = _intact_data(run)
+    dm, train, _test = _intact_data(run)
     run_dir = ctx.output_of(run.config["of"])
     template = load_net(run.config["source"], dm.num_classes, run_dir / "final.pt")
     theta0 = torch.load(run_dir / "init.pt", weights_only=True)
     thetaf = torch.load(run_dir / "final.pt", weights_only=True)
-    options = run.config["analysis"]["criticality"]
+    options = run.config["criticality"]
     result = criticality(template, theta0, thetaf, train, options, seed=ctx.seed,
                          max_batches=run.config["target"].get("limit_batches"))
     result.extra["theta0"] = "pretrained weights + fresh head" if run.params["init"] == "pretrained" else "random init"

@@ -189,6 +189,9 @@ class LoopEngine:
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
 
+    def __getstate__(self) -> dict:  # thread pools do not pickle (ddp_spawn pickles the module)
+        return {**self.__dict__, "_pool": None}
+
     def _num_workers(self, batch: TaskBatch) -> int:
         if batch.support_x.device.type != "cpu":
             return 1

@@ -134,8 +134,8 @@ def count_flops(steps: int, first_order: bool) -> float:
 
 def peak_memory_mb(impl: str, steps: int, first_order: bool) -> float:
     """Peak resident memory added by two meta-steps, measured in a fresh process."""
-    code = ("import sys, json; sys.path.insert(0, %r); from benchmarks.perf.perf_maml import _child; "
-            "print(json.dumps(_child(%r, %d, %r)))") % (str(REPO), impl, steps, first_order)
+    code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from benchmarks.perf.perf_maml import _child; "
+            f"print(json.dumps(_child({impl!r}, {steps}, {first_order!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:

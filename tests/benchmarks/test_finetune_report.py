@@ -116,9 +116,10 @@ def test_epoch_rows_number_epochs_and_drop_the_start_snapshot_of_a_resumed_fit()
         return {"moment": moment, "epoch": epoch, "step": step, "reference": "start", "layer": "net.head",
                 "value": value, "tag": moment}
 
-    rows = [row("fit_start", 0, 0, 1.0), row("epoch", 0, 10, 0.9), row("fit_start", 1, 10, 0.9),
-            row("epoch", 1, 20, 0.8)]
-    assert [(r["x"], r["value"]) for r in epoch_rows(rows)] == [(0, 1.0), (1, 0.9), (2, 0.8)]
+    # a first fit over epochs 0-1, interrupted during epoch 2 and resumed from the checkpoint of epoch 1
+    rows = [row("fit_start", 0, 0, 1.0), row("epoch", 0, 10, 0.9), row("epoch", 1, 20, 0.8),
+            row("epoch", 2, 30, 0.75), row("fit_start", 0, 0, 0.8), row("epoch", 2, 30, 0.7)]
+    assert [(r["x"], r["value"]) for r in epoch_rows(rows)] == [(0, 1.0), (1, 0.9), (2, 0.8), (3, 0.7)]
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -134,3 +135,13 @@ def test_bad_grid_names_are_refused_with_a_suggestion(bad, match):
         cfg[section].update(values)
     with pytest.raises(UserError, match=match):
         FinetuneStudy().plan(cfg)
+
+
+def test_layers_are_listed_in_network_order_even_though_metrics_are_stored_sorted():
+    from benchmarks.finetune import _layers
+
+    names = ["act1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    metrics = {f"linear_cka.start.{n}": 0.5 for n in sorted(names)}
+    metrics.update({f"depth.{n}": float(i) for i, n in enumerate(names)})
+    run = {"metrics": dict(sorted(metrics.items())), "config": {"similarity": {"measures": ["linear_cka"]}}}
+    assert _layers([run], "linear_cka") == names

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 
-import lightning as L
 import learn2learn as l2l
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F

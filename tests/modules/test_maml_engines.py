@@ -237,3 +237,14 @@ def test_loop_engine_with_two_worker_threads_gives_the_same_meta_gradient(net):
     assert max_error(two.grad_sum, one.grad_sum) < 1e-12
     torch.testing.assert_close(two.task_losses, one.task_losses, rtol=0, atol=0)
     assert max_error(two.grad_sum, learn2learn_meta_gradient(net, tasks, 2, False)) < TOLERANCE
+
+
+def test_a_used_loop_engine_still_pickles(net):
+    import pickle
+
+    engine = LoopEngine(workers=2)
+    model = FunctionalConv4(net)
+    engine.evaluate(InnerLoop(model, model.param_names), dict(net.named_parameters()),
+                    {n: INNER_LR for n in model.param_names}, make_tasks(), steps=1)
+    assert engine._pool is not None
+    assert pickle.loads(pickle.dumps(engine)).workers == 2

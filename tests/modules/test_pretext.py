@@ -91,7 +91,7 @@ def test_contrastive_objective_has_every_part_and_decreases_on_a_tiny_run():
 
     def objective() -> dict[str, float]:
         module._generator.manual_seed(123)  # same views and corruptions for the before/after comparison
-        module.eval()
+        module.train()  # the objective as optimised: BatchNorm on batch statistics
         with torch.no_grad():
             return {k: float(v) for k, v in module.losses(x).items()}
 

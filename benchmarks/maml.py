@@ -190,6 +190,15 @@ def keep_weights_callback(directory: Path, steps: Sequence[int]):
     return KeepWeights()
 
 
+def epoch_checkpoint(ctx: RunContext):
+    """``checkpoints/last.ckpt`` after every training epoch, also when validation runs less often
+    (Lightning's default then saves only after validation, losing up to that many epochs on a resume)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=ctx.store.checkpoint_dir(ctx.run.key), filename="last", save_top_k=1,
+                           every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+
+
 class RelabelledDataset(Dataset):
     """(image, label) with the dataset's labels mapped to 0..K-1, for the conventional control."""
 
@@ -377,7 +386,7 @@ class MAMLStudy(Study):
         module = build_module(config, run.config["algorithm"])
         total = int(meta["meta_steps"])
         keep = keep_weights_callback(ctx.run_dir / "weights", analysed_steps(total, int(analysis["checkpoints"])))
-        trainer = ctx.trainer(max_epochs=-1, max_steps=total, callbacks=[keep],
+        trainer = ctx.trainer(max_epochs=-1, max_steps=total, callbacks=[keep, epoch_checkpoint(ctx)], checkpoint=False,
                               limit_train_batches=int(meta["steps_per_epoch"]),
                               check_val_every_n_epoch=int(meta["val_every_epochs"]), num_sanity_val_steps=0,
                               use_distributed_sampler=False)  # every rank sees the meta-batch and keeps its share

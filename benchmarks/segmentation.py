@@ -30,6 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.errors import UserError, unknown_name
 from benchmarks.report import Finding, figure, findings_table, header, save_figure, table, write_csv

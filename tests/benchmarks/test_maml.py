@@ -115,3 +115,9 @@ def test_bad_configs_name_the_problem_and_the_fix(override, message):
     cfg = resolve_config("maml", "smoke", [override])
     with pytest.raises(UserError, match=message):
         MAMLStudy().plan(cfg)
+
+
+def test_every_run_keeps_a_checkpoint_to_resume_from(smoke):
+    _, store, _ = smoke
+    for run in store.finished_runs():
+        assert (run["dir"] / "checkpoints" / "last.ckpt").exists(), run["key"]

@@ -97,7 +97,7 @@ def test_job_arrays_with_stage_dependency_finish_every_run(tmp_path):
     _submit(tmp_path, cfg, [])
     store = RunStore("digits", tmp_path)
     keys = [r.key for r in DigitsStudy().plan(cfg)]
-    _wait(lambda: all(store.is_finished(k) for k in keys), 300, "all 4 runs", store.root / "slurm" / "logs")
+    _wait(lambda: all(store.is_finished(k) for k in keys), 900, "all 4 runs", store.root / "slurm" / "logs")
     pre = [store.metrics(k) for k in keys[:2]]
     assert all(m["epochs"] == 2 for m in pre)
     assert len(list((store.root / "slurm" / "logs").glob("*.out"))) == 4

@@ -134,6 +134,7 @@ class TransferStudy(Study):
 
         check_config(cfg)
         target = cfg["target"]
+        threads = cfg.get("threads")
         runs: list[Run] = []
         pretrain_key: dict[str, str] = {}
         train_key: dict[tuple, str] = {}
@@ -143,7 +144,7 @@ class TransferStudy(Study):
             trained[name] = run_source(src, "pretrain", "train")
             if src["kind"] == "conv4":
                 run = Run(self.name, "pretrain", {"source": name},
-                          {"source": run_source(src, "pretrain"), "seed": src["pretrain"]["seed"]})
+                          {"source": run_source(src, "pretrain"), "seed": src["pretrain"]["seed"], "threads": threads})
                 runs.append(run)
                 pretrain_key[name] = run.key
         for name in cfg["use_sources"]:
@@ -153,7 +154,7 @@ class TransferStudy(Study):
                     for seed in source_seeds(cfg, name):
                         needs = (pretrain_key[name],) if arm == "pretrained" and name in pretrain_key else ()
                         run = Run(self.name, "train", {"source": name, "init": arm, "block": block, "seed": seed},
-                                  {"source": trained[name], "target": target}, needs)
+                                  {"source": trained[name], "target": target, "threads": threads}, needs)
                         runs.append(run)
                         train_key[(name, arm, block, seed)] = run.key
         for name in cfg["analysis"]["sources"]:
@@ -161,20 +162,21 @@ class TransferStudy(Study):
             members = [train_key[(name, arm, intact(src), s)] for arm in ARMS for s in source_seeds(cfg, name)]
             pair_cfg = {k: cfg["analysis"][k] for k in PAIR_KEYS}
             runs.append(Run(self.name, "pairs", {"source": name},
-                            {"source": trained[name], "target": target, "analysis": pair_cfg, "runs": sorted(members)},
-                            tuple(members)))
+                            {"source": trained[name], "target": target, "analysis": pair_cfg, "runs": sorted(members),
+                             "threads": threads}, tuple(members)))
             for arm in ARMS:
                 for seed in source_seeds(cfg, name):
                     of = train_key[(name, arm, intact(src), seed)]
                     runs.append(Run(self.name, "criticality", {"source": name, "init": arm, "seed": seed},
-                                    {"source": trained[name], "target": target,
+                                    {"source": trained[name], "target": target, "threads": threads,
                                      "criticality": dict(cfg["analysis"]["criticality"]), "of": of}, (of,)))
         for name in cfg["checkpoints"]["sources"]:
             src = source_config(cfg, name)
             for step in checkpoint_steps(src["pretrain"])[:-1]:  # the last one is the intact P-T run
                 for seed in cfg["checkpoints"]["seeds"]:
                     runs.append(Run(self.name, "checkpoint", {"source": name, "step": step, "seed": int(seed)},
-                                    {"source": trained[name], "target": target}, (pretrain_key[name],)))
+                                    {"source": trained[name], "target": target, "threads": threads},
+                                    (pretrain_key[name],)))
         needs = tuple(r.key for r in runs)
         runs.append(Run(self.name, "aggregate", {}, {"study_config": cfg, "inputs": _digest(list(needs))}, needs))
         return runs
@@ -183,6 +185,9 @@ class TransferStudy(Study):
     def execute(self, run: Run, ctx: RunContext) -> dict[str, float]:
         import benchmarks.transfer_training as training
 
+        if run.config.get("threads"):
+            # few intra-op threads: on a shared CPU, more threads than free cores mostly spin and wait
+            torch.set_num_threads(int(run.config["threads"]))
         src = run.config["source"] if "source" in run.config else None
         if run.stage == "pretrain":
             return training.pretrain_source(run, ctx)

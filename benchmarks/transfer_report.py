@@ -174,7 +174,8 @@ def write_report(study, cfg: dict, store: RunStore) -> Path:
     figs = build_figures(res, root / "figures")
     found = findings(res)
     lines = [header("What is being transferred? (study 4: Neyshabur, Sedghi & Zhang, NeurIPS 2020)", cfg, res.runs)]
-    lines += [f"{len(res.runs)} of {res.planned} planned runs have finished.\n", "## Findings\n",
+    lines += [f"{len(res.runs)} of {res.planned} planned runs have finished.\n", sources_paragraph(cfg),
+              "## Findings\n",
               findings_table(found),
               "Verdicts come from the runs: **holds** when the 95% CI of the effect lies on the claimed side, "
               "**does not hold** when it lies on the other side, **inconclusive** otherwise (CIs are Student-t "
@@ -238,6 +239,34 @@ def write_report(study, cfg: dict, store: RunStore) -> Path:
     path = root / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+SOURCE_TEXT = {
+    "conv4": "conv4 (4 x [conv3x3, BatchNorm, ReLU, maxpool] + linear) pretrained here on {n} Fashion-MNIST images "
+             "for {epochs} epoch(s)",
+    "imagenet": "{backbone} with real ImageNet-1k weights (embedded EfficientNet-Lite0, offline), grey glyphs "
+                "repeated to RGB at {size} x {size}, ImageNet normalisation",
+}
+
+
+def sources_paragraph(cfg: dict) -> str:
+    """Which sources this report covers (P-T starts from them, R-T from a random init of the same network)."""
+    lines = ["Sources (P-T = source weights with a fresh head, fine-tuned; R-T = the same network from a random "
+             "init):"]
+    for name in cfg["use_sources"]:
+        src = cfg["sources"][name]
+        pre = src.get("pretrain", {})
+        text = SOURCE_TEXT[src["kind"]].format(n=pre.get("n_train"), epochs=pre.get("epochs"),
+                                               backbone=src["backbone"], size=src["image_size"])
+        lines.append(f"- `{name}`: {text}; {src['train']['epochs']} downstream epochs.")
+    off = [n for n in cfg["sources"] if n not in cfg["use_sources"]]
+    if off:
+        lines.append(f"- not run in this profile: {', '.join(off)} (add with `--set use_sources=[...]`).")
+    target = cfg["target"]
+    lines.append(f"\nTarget: {target['classes']} glyph characters, {target['train_per_class']} training / "
+                 f"{target['val_per_class']} validation / {target['test_per_class']} test images each (distorted "
+                 "renders from different fonts), the same task for every run.\n")
+    return "\n".join(lines) + "\n"
 
 
 def stage_times(res: Results) -> list[list[Any]]:

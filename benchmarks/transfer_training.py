@@ -301,7 +301,10 @@ def train_downstream(run, ctx, init_state: Mapping[str, torch.Tensor] | None, ar
     trainer.fit(module, train, val, ckpt_path=ctx.resume_path())
     save_state(net_state(module), ctx.run_dir / "final.pt")
     tested = trainer.test(module, seeded_loader(dm.dataset("test"), 256, None), verbose=False)[0]
-    return downstream_metrics(history.rows, tested, int(train_cfg["speed_epochs"]))
+    metrics = downstream_metrics(history.rows, tested, int(train_cfg["speed_epochs"]))
+    if trainer.is_global_zero:  # training speed and final accuracy in the W&B run summary (sortable in the table)
+        ctx.loggers()[0].experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
+    return metrics
 
 
 def downstream_metrics(rows: Sequence[Mapping[str, float]], tested: Mapping[str, float],

@@ -91,6 +91,7 @@ def test_training_curves_and_test_accuracy_reach_wandb(smoke):
     logged = _logged(run)
     assert logged.job_type == "train" and logged.config["params.block"] == 1
     assert len(logged.series("train/acc")) == 2 and logged.series("test/acc")
+    assert logged.summary["final/speed_train_acc"] == pytest.approx(run["metrics"]["speed_train_acc"])
 
 
 def test_report_has_findings_every_analysis_and_figures(smoke):

@@ -237,14 +237,27 @@ def _keep_weights_callback(weights_dir: Path):
     return KeepWeights()
 
 
+def _epoch_tracker_class():
+    """A SimilarityTracker that skips its end-of-fit curve PNGs: W&B draws the per-layer curves from the
+    logged scalars and the report draws them over seeds, so the figures would only cost time (~1 s each)."""
+    from callbacks import SimilarityTracker
+
+    class EpochSimilarityTracker(SimilarityTracker):
+        def on_snapshots_end(self, latest, trainer, module) -> None:
+            return None
+
+    return EpochSimilarityTracker
+
+
 def _similarity_callbacks(run_dir: Path, probe: Dataset, references: dict, sim_cfg: dict, resuming: bool):
     """A snapshot callback on the probe set and one tracker per measure (rows survive a resume).
 
     References are explicit weights, never "the first snapshot", so a resumed fit compares with the
     true start; it also takes no fit-start snapshot (the start is already in the saved rows).
     """
-    from callbacks import RepresentationSnapshot, SimilarityTracker
+    from callbacks import RepresentationSnapshot
 
+    tracker_class = _epoch_tracker_class()
     snapshot = RepresentationSnapshot(probe, probe_size=int(sim_cfg["probe_size"]),
                                       seed=int(sim_cfg["probe_seed"]), save=False, every_n_epochs=1,
                                       pooling=sim_cfg.get("pooling", "flatten"),
@@ -252,8 +265,8 @@ def _similarity_callbacks(run_dir: Path, probe: Dataset, references: dict, sim_c
     trackers = {}
     for measure in sim_cfg["measures"]:
         out_dir = run_dir / f"similarity_{measure}"
-        tracker = SimilarityTracker(references, measure, snapshots=snapshot, prefix=measure, heatmaps="never",
-                                    out_dir=out_dir)
+        tracker = tracker_class(references, measure, snapshots=snapshot, prefix=measure, heatmaps="never",
+                                out_dir=out_dir)
         previous = out_dir / "similarity.json"
         if previous.exists():  # resumed: keep the rows of the epochs already done
             tracker.rows = list(json.loads(previous.read_text())["rows"])

@@ -178,14 +178,24 @@ def set_threads(setting: int | str | None) -> int:
     return threads
 
 
-def _trainer(ctx: RunContext, cfg: dict, epochs: int, **kwargs: Any):
-    """A Trainer from the run context that checkpoints every ``checkpoint_every`` epochs (and at the end)."""
+def _every_k_and_last_checkpoint(dirpath: Path, every: int):
+    """``last.ckpt`` after every ``every``-th epoch and after the final one (the resume point)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    every = int(cfg.get("checkpoint_every") or 1)
-    checkpoint = ModelCheckpoint(dirpath=ctx.store.checkpoint_dir(ctx.run.key), filename="last", save_top_k=1,
-                                 every_n_epochs=every, save_last=False, enable_version_counter=False,
-                                 save_on_train_epoch_end=True)
+    class EveryKAndLast(ModelCheckpoint):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            done = trainer.current_epoch + 1
+            if done % every == 0 or (trainer.max_epochs is not None and done >= trainer.max_epochs):
+                super().on_train_epoch_end(trainer, pl_module)
+
+    return EveryKAndLast(dirpath=dirpath, filename="last", save_top_k=1, every_n_epochs=1, save_last=False,
+                         enable_version_counter=False, save_on_train_epoch_end=True)
+
+
+def _trainer(ctx: RunContext, cfg: dict, epochs: int, every: int | None = None, **kwargs: Any):
+    """A Trainer from the run context that checkpoints every ``checkpoint_every`` epochs and at the end."""
+    every = int(every or cfg.get("checkpoint_every") or 1)
+    checkpoint = _every_k_and_last_checkpoint(ctx.store.checkpoint_dir(ctx.run.key), every)
     return ctx.trainer(max_epochs=epochs, checkpoint=False, callbacks=[checkpoint], **_trainer_limits(cfg),
                        **kwargs)
 
@@ -223,7 +233,7 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
     else:
         module = build_source_module(task, **common)
     threads = set_threads(cfg.get("threads"))
-    trainer = _trainer(ctx, cfg, src["epochs"])
+    trainer = _trainer(ctx, cfg, src["epochs"], every=1)  # source epochs are long: checkpoint each one
     start = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
@@ -394,16 +404,26 @@ class SegmentationStudy(Study):
             torch.set_num_threads(threads)  # ``threads: auto`` may have lowered it for this run only
 
     def report(self, cfg: dict, store: RunStore) -> Path:
-        return write_report(cfg, store)
+        return write_report(cfg, store, planned_keys(cfg))
 
     def summary_lines(self, cfg: dict, store: RunStore) -> list[str]:
-        rows = summary_rows(store.finished_runs("target"))
+        rows = summary_rows(finished(store, "target", planned_keys(cfg)))
         lines = _terminal_table(["variant", "frac", "test Dice mean ± std [95% CI]", "IoU", "ep→95%", "n"],
                                 [(r["variant"], r["fraction"], r["dice_text"], f"{r['iou'].mean:.3f}",
                                   f"{r['epochs'].mean:.1f}", r["dice"].n) for r in rows])
-        findings = compute_findings(cfg, store.finished_runs("target"))
+        findings = compute_findings(cfg, finished(store, "target", planned_keys(cfg)))
         lines += ["", "findings:"] + [f"  [{f.verdict}] {f.claim} — {f.effect}" for f in findings]
         return lines
+
+
+def planned_keys(cfg: dict) -> set[str]:
+    return {run.key for run in SegmentationStudy().plan(cfg)}
+
+
+def finished(store: RunStore, stage: str, keys: set[str] | None = None) -> list[dict]:
+    """Finished runs of a stage, restricted to ``keys`` (the current plan: runs of older configs stay out)."""
+    runs = store.finished_runs(stage)
+    return runs if keys is None else [r for r in runs if r["key"] in keys]
 
 
 def _validate(cfg: dict) -> None:
@@ -653,11 +673,11 @@ def _plot_cka(means: dict[str, list[float]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_report(cfg: dict, store: RunStore) -> Path:
-    """report.md + figures/ + summary.csv from the finished runs."""
+def write_report(cfg: dict, store: RunStore, keys: set[str] | None = None) -> Path:
+    """report.md + figures/ + summary.csv from the finished runs (of the plan's ``keys`` when given)."""
     root = store.root
-    runs = store.finished_runs("target")
-    sources = store.finished_runs("source")
+    runs = finished(store, "target", keys)
+    sources = finished(store, "source", keys)
     fig_dir = root / "figures"
     rows = summary_rows(runs)
     fractions = sorted({r["fraction"] for r in rows})
@@ -679,7 +699,7 @@ def write_report(cfg: dict, store: RunStore) -> Path:
               table(["variant", "label fraction", "test Dice mean ± std", "95% CI", "IoU mean ± std",
                      "epochs to 95% of final val Dice", "n"],
                     [(r["variant"], r["fraction"], f"{r['dice'].mean:.3f} ± {r['dice'].std:.3f}",
-                      f"[{r['dice'].low:.3f}, {r['dice'].high:.3f}]", f"{r['iou'].mean:.3f} ± {r['iou'].std:.3f}",
+                      _interval(r["dice"]), f"{r['iou'].mean:.3f} ± {r['iou'].std:.3f}",
                       f"{r['epochs'].mean:.1f}", r["dice"].n) for r in rows])]
     if rows:
         parts.append(figure(_plot_final_bars(rows, fractions, fig_dir / "final_dice.png"), root,
@@ -704,6 +724,10 @@ def write_report(cfg: dict, store: RunStore) -> Path:
     path = root / "report.md"
     atomic_write_text(path, "\n".join(parts) + "\n")
     return path
+
+
+def _interval(e: Estimate) -> str:
+    return f"[{e.low:.3f}, {e.high:.3f}]" if e.n > 1 else "n/a (one seed)"
 
 
 def _fmt_metrics(metrics: dict) -> str:

@@ -147,7 +147,7 @@ class SegmentationModule(L.LightningModule):
         self.val_dice, self.val_iou = self._metrics()
         self.test_dice, self.test_iou = self._metrics()
         self.history: list[dict[str, float]] = []
-        self._train_losses: list[float] = []
+        self._train_losses: list[torch.Tensor] = []
 
     # ----- construction -------------------------------------------------------------------------
     def _metrics(self) -> tuple[DiceScore, MeanIoU]:
@@ -203,7 +203,7 @@ class SegmentationModule(L.LightningModule):
         x, mask, _ = unpack_batch(batch)
         loss = self.loss(self(x), as_index_mask(mask))
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self._train_losses.append(float(loss.detach()))
+        self._train_losses.append(loss.detach())
         return loss
 
     def _evaluate(self, batch: Any, dice: DiceScore, iou: MeanIoU, prefix: str) -> None:
@@ -230,7 +230,7 @@ class SegmentationModule(L.LightningModule):
         row = {"epoch": int(self.current_epoch), "val/dice": float(self.val_dice.compute()),
                "val/iou": float(self.val_iou.compute())}
         if self._train_losses:
-            row["train/loss"] = sum(self._train_losses) / len(self._train_losses)
+            row["train/loss"] = float(torch.stack(self._train_losses).mean())
         if self.history and self.history[-1]["epoch"] == row["epoch"]:
             self.history[-1] = row
         else:

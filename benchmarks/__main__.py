@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks.errors import UserError
+from benchmarks.quiet import silence_known_noise
 
 USER_ERRORS = (UserError, FileNotFoundError, ValueError, KeyError)
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and (argv[0] in STUDIES or argv[0] in _extra_studies()):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
+    silence_known_noise()
     if getattr(args, "wandb", None):
         os.environ["WANDB_MODE"] = args.wandb
     try:

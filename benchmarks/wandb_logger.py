@@ -46,6 +46,8 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
         log_model=False,
         settings=wandb.Settings(console="off", silent=True),
     )
+    # Lightning always passes wandb's deprecated ``anonymous`` setting, which then warns on every run.
+    wandb_logger._wandb_init.pop("anonymous", None)
     csv_logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
     return [wandb_logger, csv_logger]
 

@@ -6,6 +6,7 @@ down so that a test can signal a running job. Registered through TSUITE_EXTRA_ST
 
 from __future__ import annotations
 
+import json
 import time
 
 import lightning as L
@@ -26,9 +27,12 @@ class DigitsModel(L.LightningModule):
         self.net = nn.Linear(64, 10)
         self.lr, self.epoch_delay = lr, epoch_delay
 
+    def forward(self, x):
+        return self.net(x)
+
     def training_step(self, batch, _):
         x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
+        loss = nn.functional.cross_entropy(self(x), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
@@ -39,11 +43,24 @@ class DigitsModel(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+def digits_data() -> TensorDataset:
+    x, y = load_digits(return_X_y=True)
+    return TensorDataset(torch.tensor(x[:512] / 16.0, dtype=torch.float32), torch.tensor(y[:512]))
+
+
 def digits_loader(batch_size: int = 64) -> DataLoader:
     """512 digits; with ``batch_size`` = 256 on each of 2 DDP ranks, a step sees the same 512 as one process."""
-    x, y = load_digits(return_X_y=True)
-    data = TensorDataset(torch.tensor(x[:512] / 16.0, dtype=torch.float32), torch.tensor(y[:512]))
+    data = digits_data()
     return DataLoader(data, batch_size=batch_size, sampler=EpochSeededRandomSampler(len(data), seed=0))
+
+
+def similarity_callbacks(run_dir):
+    """Linear CKA of the logits with the start of training, every epoch, on 200 fixed digits."""
+    from callbacks import RepresentationSnapshot, SimilarityTracker
+
+    snapshot = RepresentationSnapshot(digits_data(), layers=["net"], probe_size=200, seed=0, save=False)
+    return [snapshot, SimilarityTracker(("start",), "linear_cka", snapshots=snapshot, heatmaps="never",
+                                        out_dir=run_dir / "similarity")]
 
 
 class Interrupt(L.Callback):
@@ -65,6 +82,8 @@ class DigitsStudy(Study):
     def plan(self, cfg):
         stage_cfg = {"epochs": cfg["epochs"], "lr": 0.05, "epoch_delay": cfg.get("epoch_delay", 0.0),
                      "batch_size": cfg.get("batch_size", 64)}
+        if cfg.get("similarity"):  # only when asked: keeps the run keys of the other tests unchanged
+            stage_cfg["similarity"] = True
         pre = [Run("digits", "pretrain", {"seed": s}, stage_cfg) for s in cfg["seeds"]]
         post = [Run("digits", "finetune", {"seed": s}, {"epochs": 2}, needs=(p.key,))
                 for s, p in zip(cfg["seeds"], pre)]
@@ -77,14 +96,21 @@ class DigitsStudy(Study):
         for key in run.needs:
             model.load_state_dict(torch.load(ctx.output_of(key) / "model.pt"))
         callbacks = [Interrupt(self.interrupt_at)] if self.interrupt_at is not None else []
+        if run.config.get("similarity"):
+            callbacks += similarity_callbacks(ctx.run_dir)
         trainer = ctx.trainer(max_epochs=run.config["epochs"], callbacks=callbacks)
         batch_size = run.config.get("batch_size", 64) // max(1, trainer.world_size)
         trainer.fit(model, digits_loader(batch_size), ckpt_path=ctx.resume_path())
         if trainer.global_rank == 0:
             torch.save(model.state_dict(), ctx.run_dir / "model.pt")
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-        return {"train_loss": float(trainer.callback_metrics["train/loss"]), "epochs": trainer.current_epoch,
-                "weight_norm": float(weights.norm())}
+        metrics = {"train_loss": float(trainer.callback_metrics["train/loss"]), "epochs": trainer.current_epoch,
+                   "weight_norm": float(weights.norm())}
+        if run.config.get("similarity"):  # written by rank 0, also under ddp_spawn
+            rows = json.loads((ctx.run_dir / "similarity" / "similarity.json").read_text())["rows"]
+            metrics["cka_start_final"] = rows[-1]["value"]
+            metrics["snapshots"] = len(rows)
+        return metrics
 
     def report(self, cfg, store):
         path = store.root / "report.md"

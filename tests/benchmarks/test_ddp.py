@@ -1,8 +1,9 @@
 """The runner under Lightning DDP on 2 CPU processes (gloo) gives the 1-process result.
 
 Full-batch training on the 512 digits: 2 ranks x 256 examples average to the same gradient as one
-process on all 512, so the trained weights and loss must agree to float tolerance. Only rank 0
-writes the run store and the W&B run.
+process on all 512, so the trained weights, the loss and the CKA of the logits with the start of
+training (SimilarityTracker on a fixed probe set) must agree to float tolerance. Only rank 0 writes
+the run store and the W&B run.
 """
 
 import pytest
@@ -19,7 +20,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, monkeypatch):
     torch.multiprocessing.set_sharing_strategy("file_system")
     study = DigitsStudy()
     monkeypatch.setattr(runner, "get_study", lambda name: study)
-    cfg = {"epochs": 3, "seeds": [0], "batch_size": 512, "profile": "test"}
+    cfg = {"epochs": 3, "seeds": [0], "batch_size": 512, "profile": "test", "similarity": True}
     key = study.plan(cfg)[0].key
     runner.run_benchmark("digits", cfg, runner.Launch(results=str(tmp_path / "one"), stage="pretrain"))
     runner.run_benchmark("digits", cfg, runner.Launch(results=str(tmp_path / "two"), stage="pretrain",
@@ -29,4 +30,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, monkeypatch):
     assert one["epochs"] == 3  # (ddp_spawn does not bring current_epoch back to the main process)
     assert two["weight_norm"] == pytest.approx(one["weight_norm"], rel=1e-6)
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+    assert one["snapshots"] == two["snapshots"] == 4  # fit start + 3 epochs
+    assert one["cka_start_final"] < 1 - 1e-4  # training moved the logits away from the start
+    assert two["cka_start_final"] == pytest.approx(one["cka_start_final"], abs=1e-6)
     assert len(find_offline_runs(RunStore("digits", tmp_path / "two").run_dir(key))) == 1

@@ -1,0 +1,22 @@
+"""Silence warnings that say nothing about the user's run, so the ones that do are seen.
+
+Each entry names why it is harmless here; anything not listed still prints.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+HARMLESS = (
+    # Lightning sees `srun` on PATH (our CI has SLURM) although this process was not started by it.
+    r"The `srun` command is available on your system but is not used",
+    # torch 2.14 deprecates LeafSpec; Lightning 2.6 still uses it internally.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Every DataModule here is in memory: worker processes would only cost start-up time on 2 cores.
+    r"The '\w+_dataloader' does not have many workers",
+)
+
+
+def silence_known_noise() -> None:
+    for pattern in HARMLESS:
+        warnings.filterwarnings("ignore", message=pattern)

@@ -5,6 +5,7 @@ Each entry names why it is harmless here; anything not listed still prints.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 HARMLESS = (
@@ -17,6 +18,13 @@ HARMLESS = (
 )
 
 
+# Lightning's per-Trainer info lines ("GPU available: False", "TPU available", a litlogger advert, "fit
+# stopped: max_epochs reached"): the runner prints one line per run instead. Warnings still show.
+CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
 def silence_known_noise() -> None:
     for pattern in HARMLESS:
         warnings.filterwarnings("ignore", message=pattern)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -55,10 +55,14 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _eta(done_seconds: list[float], remaining: int) -> str:
-    if not done_seconds or remaining == 0:
+def _eta(durations: dict[str, list[float]], remaining: list[Run]) -> str:
+    """Time left: each remaining run costs the mean of its stage's finished runs (else of all finished runs)."""
+    done = [d for stage in durations.values() for d in stage]
+    if not done or not remaining:
         return ""
-    seconds = sum(done_seconds) / len(done_seconds) * remaining
+    overall = sum(done) / len(done)
+    seconds = sum(sum(durations[r.stage]) / len(durations[r.stage]) if durations.get(r.stage) else overall
+                  for r in remaining)
     return f" · ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
@@ -101,21 +105,22 @@ def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
     stages = list(dict.fromkeys(r.stage for r in plan))
     say(f"{study_name} · profile {cfg.get('profile')} · {len(runs)} runs in {len(stages)} stages · "
         f"{len(runs) - len(todo)} already finished · results in {store.root}")
-    durations: list[float] = []
+    durations: dict[str, list[float]] = {}
     for index, run in enumerate(todo, 1):
         resumed = " (resuming)" if store.status(run.key) in ("running", "interrupted", "failed") else ""
         params = " ".join(f"{k}={v}" for k, v in run.params.items())
         say(f"stage {stages.index(run.stage) + 1}/{len(stages)} {run.stage} · run {index}/{len(todo)} · "
-            f"{params}{resumed}{_eta(durations, len(todo) - index + 1)}")
+            f"{params}{resumed}{_eta(durations, todo[index - 1:])}")
         start = time.time()
         try:
             metrics = execute_run(study, run, store, launch)
         except KeyboardInterrupt:
             say(f"interrupted: {run.key} keeps its last checkpoint; run the same command again to resume.")
             return 130
-        durations.append(time.time() - start)
+        seconds = time.time() - start
+        durations.setdefault(run.stage, []).append(seconds)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))[:160]
-        say(f"  done in {durations[-1]:.1f}s · {shown}")
+        say(f"  done in {seconds:.1f}s · {shown}")
     if global_rank() != 0:
         return 0
     report = study.report(cfg, store)

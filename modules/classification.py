@@ -247,7 +247,7 @@ class ClassificationModule(L.LightningModule):
         metric(logits, y)
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=split != "test",
-                 batch_size=len(y), sync_dist=split != "train")
+                 batch_size=len(y), sync_dist=True)
         self.log(f"{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=split != "train",
                  batch_size=len(y))
         return loss

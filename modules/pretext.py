@@ -85,8 +85,10 @@ class ClassificationPretext(PretextModule):
         logits = self(x)
         loss = F.cross_entropy(logits, label.long())
         acc = (logits.argmax(1) == label).float().mean()
-        self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self.log(f"{prefix}/acc", acc, on_step=False, on_epoch=True, prog_bar=prefix == "val", batch_size=len(x))
+        self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
+        self.log(f"{prefix}/acc", acc, on_step=False, on_epoch=True, prog_bar=prefix == "val", batch_size=len(x),
+                 sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -114,7 +116,8 @@ class ReconstructionPretext(PretextModule):
     def _step(self, batch: Any, prefix: str) -> torch.Tensor:
         x, _, _ = unpack_batch(batch)
         loss = F.mse_loss(self(x), x)
-        self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -293,7 +296,7 @@ class ContrastiveReconstructionPretext(PretextModule):
         parts = self.losses(x)
         for name, value in parts.items():
             self.log(f"{prefix}/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=len(x))
+                     batch_size=len(x), sync_dist=True)
         return parts["loss"]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -202,7 +202,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, mask, _ = unpack_batch(batch)
         loss = self.loss(self(x), as_index_mask(mask))
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self._train_losses.append(loss.detach())
         return loss
 
@@ -213,7 +213,8 @@ class SegmentationModule(L.LightningModule):
         pred = logits.argmax(1)
         dice.update(pred, mask)
         iou.update(pred, mask)
-        self.log(f"{prefix}/loss", self.loss(logits, mask), on_step=False, on_epoch=True, batch_size=len(x))
+        self.log(f"{prefix}/loss", self.loss(logits, mask), on_step=False, on_epoch=True, batch_size=len(x),
+                 sync_dist=True)
         self.log(f"{prefix}/dice", dice, on_step=False, on_epoch=True, prog_bar=prefix == "val")
         self.log(f"{prefix}/iou", iou, on_step=False, on_epoch=True)
 

@@ -92,7 +92,17 @@ def execute_run(study, run: Run, store: RunStore, launch: Launch) -> dict:
         ctx.close()
     if writer:
         store.finish(run.key, metrics, wall_seconds=time.time() - start)
+    wait_for_all_ranks()
     return metrics
+
+
+def wait_for_all_ranks() -> None:
+    """Under multi-process DDP every rank runs the whole plan: no rank may start a run that needs this one
+    before rank 0 has recorded it as finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:

@@ -34,3 +34,31 @@ def test_two_process_ddp_equals_one_process(tmp_path, monkeypatch):
     assert one["cka_start_final"] < 1 - 1e-4  # training moved the logits away from the start
     assert two["cka_start_final"] == pytest.approx(one["cka_start_final"], abs=1e-6)
     assert len(find_offline_runs(RunStore("digits", tmp_path / "two").run_dir(key))) == 1
+
+
+@pytest.mark.ddp
+def test_every_rank_runs_the_plan_and_waits_for_dependencies(tmp_path):
+    """`--strategy ddp` starts one process per rank that each walk the whole plan (as `srun` does on SLURM).
+
+    The fine-tuning run needs the pretraining run: rank 1 must not start it before rank 0 has recorded
+    the pretraining as finished (the runner waits at a barrier after every run).
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.benchmarks.digits_study import REGISTRATION
+
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 1, "seeds": [0], "batch_size": 512, "profile": "test"}))
+    env = {**os.environ, "TSUITE_EXTRA_STUDIES": REGISTRATION, "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "digits", "--config", str(config), "--results",
+                           str(tmp_path), "--devices", "2", "--strategy", "ddp"],
+                          env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = RunStore("digits", tmp_path)
+    assert sorted(r["stage"] for r in store.finished_runs()) == ["finetune", "pretrain"]

@@ -22,7 +22,6 @@ reference target (small data inflates CKA everywhere, so raw values are not comp
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from torch.utils.data import Dataset
 from benchmarks.errors import UserError, unknown_name
 from benchmarks.report import Finding, figure, findings_table, header, save_figure, table, write_csv
 from benchmarks.report import terminal_table as _terminal_table
-from benchmarks.runstore import RunStore, atomic_write_bytes, atomic_write_text
+from benchmarks.runstore import RunStore, atomic_save_state, atomic_write_text
 from benchmarks.stats import Estimate, mean_ci, paired_difference, verdict_equivalent, verdict_greater
 from benchmarks.study import Run, RunContext, Study, global_rank
 
@@ -220,9 +219,7 @@ def _uses_data_root(cfg: dict) -> bool:
 
 # ============================================================================================ weights I/O
 def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_state(path, state)
 
 
 def _keep_weights_callback(weights_dir: Path):

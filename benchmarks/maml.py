@@ -24,7 +24,6 @@ figures, and verdicts for the study's three findings computed from these numbers
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import defaultdict
@@ -38,7 +37,7 @@ from torch.utils.data import Dataset
 
 from benchmarks.errors import UserError, did_you_mean, unknown_name
 from benchmarks.report import Finding, figure, findings_table, header, save_figure, table, terminal_table, write_csv
-from benchmarks.runstore import RunStore, atomic_write_bytes, atomic_write_json
+from benchmarks.runstore import RunStore, atomic_save_state, atomic_write_json
 from benchmarks.stats import Estimate, mean_ci, paired_difference, verdict_greater
 from benchmarks.study import Run, RunContext, Study, global_rank
 
@@ -158,9 +157,7 @@ def build_module(config: dict, algorithm: str, inner_lr: float | None = None):
 
 
 def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_state(path, state)
 
 
 def weight_files(run_dir: Path) -> dict[int, Path]:

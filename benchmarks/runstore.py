@@ -39,6 +39,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_save_state(path: Path, state: dict) -> None:
+    """A state dict (tensors moved to CPU) saved with torch.save, atomically: a unique temp file per writer,
+    so DDP ranks saving the same file at once never collide and readers never see half a file."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

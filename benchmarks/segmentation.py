@@ -35,7 +35,7 @@ from typing import Any
 from benchmarks.errors import UserError, unknown_name
 from benchmarks.report import Finding, figure, findings_table, header, save_figure, table, write_csv
 from benchmarks.report import terminal_table as _terminal_table
-from benchmarks.runstore import RunStore, atomic_write_text
+from benchmarks.runstore import RunStore, atomic_save_state, atomic_write_text
 from benchmarks.stats import Estimate, mean_ci, paired_difference, verdict_greater
 from benchmarks.study import Run, RunContext, Study, global_rank
 
@@ -314,8 +314,7 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
     else:
         before = capture_representations(module, layers, probe, pooling="flatten")
         if global_rank() == 0:
-            ctx.run_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(before, before_file)
+            atomic_save_state(before_file, before)
     threads = set_threads(cfg.get("threads"))
     trainer = _trainer(ctx, cfg, tgt["epochs"], num_sanity_val_steps=0)
     start = time.time()

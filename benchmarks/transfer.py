@@ -229,9 +229,11 @@ class TransferStudy(Study):
 # ============================================================================================ analysis stages
 def run_outputs(ctx: RunContext):
     """``callbacks.run_outputs.RunOutputs`` for a run without a Trainer (files in the run dir + W&B)."""
+    from benchmarks.study import global_rank
     from callbacks.run_outputs import RunOutputs
 
-    shim = SimpleNamespace(is_global_zero=True, global_rank=0, default_root_dir=str(ctx.run_dir),
+    rank = global_rank()  # under DDP every rank analyses; only rank 0 writes files and W&B
+    shim = SimpleNamespace(is_global_zero=rank == 0, global_rank=rank, default_root_dir=str(ctx.run_dir),
                            loggers=ctx.loggers())
     return RunOutputs(shim, ctx.run_dir)
 

@@ -297,9 +297,13 @@ def _wandb_table(columns: list[str], rows: list[list[Any]]):
 
 
 def log_aggregate(study, run, ctx) -> dict[str, float]:
-    """The aggregate run: write the report, log its tables, figures and verdicts to W&B."""
+    """The aggregate run: write the report, log its tables, figures and verdicts to W&B (rank 0 only)."""
     import wandb
 
+    from benchmarks.study import global_rank
+
+    if global_rank() != 0:  # under DDP the other ranks have nothing to add; the runner keeps rank 0's metrics
+        return {}
     cfg = run.config["study_config"]
     path = write_report(study, cfg, ctx.store)
     res = collect(study, cfg, ctx.store)

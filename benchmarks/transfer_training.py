@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmarks.errors import UserError, unknown_name
-from benchmarks.runstore import atomic_write_json
+from benchmarks.runstore import atomic_save_state, atomic_write_json
 
 ARMS = ("pretrained", "random")
 BACKBONE_KINDS = ("conv4", "imagenet")
@@ -163,10 +163,7 @@ def net_state(module) -> dict[str, torch.Tensor]:
 
 def save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """torch.save to a temp file, then rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(dict(state), tmp)
-    tmp.replace(path)
+    atomic_save_state(path, dict(state))
 
 
 # ============================================================================================ callbacks

@@ -25,8 +25,14 @@ from callbacks.plots import curves_figure, heatmap_figure
 from callbacks.references import Reference, StartReference, as_reference, reference_representations
 from callbacks.run_outputs import RunOutputs
 from callbacks.snapshot import RepresentationSnapshot, Snapshot
+from similarity import MEASURES, get_measure, similarity_matrix
 from similarity import Measure as RegisteredMeasure
-from similarity import get_measure, similarity_matrix
+
+try:  # reference layers prepared once per fit (built on similarity/'s internals; see prepared_cka)
+    from callbacks.prepared_cka import MEASURES as PREPARED_MEASURES
+    from callbacks.prepared_cka import PreparedLinearCKA
+except ImportError:  # similarity/ reorganised its internals: fall back to similarity_matrix every time
+    PREPARED_MEASURES, PreparedLinearCKA = (), None  # type: ignore[assignment,misc]
 
 Measure = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -82,6 +88,7 @@ class SimilarityTracker(Callback):
         self.matrices: dict[str, dict[str, Any]] = {}
         self._outputs: RunOutputs | None = None
         self._last_matrices: tuple[Snapshot, dict[str, Any]] | None = None
+        self._prepared: tuple[tuple, Any] | None = None  # (reference key, PreparedLinearCKA)
 
     # -- wiring ------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -122,16 +129,21 @@ class SimilarityTracker(Callback):
 
         With a registry measure, one ``similarity_matrix`` call covers every reference: each layer is
         prepared once (e.g. its Gram matrix), after which the cross pairs cost little, so the full
-        matrices come almost for free. A custom callable is only called on same-layer pairs unless
-        ``full``.
+        matrices come almost for free. With linear CKA (the default) the reference layers are prepared
+        once per fit instead of once per snapshot (``PreparedLinearCKA``, same values). A custom callable
+        is only called on same-layer pairs unless ``full``.
         """
         current = {k: as_matrix(v) for k, v in snapshot.representations.items()}
         if self._named_measure or full:
             combined = {(ref, layer): as_matrix(x) for ref, reps in self.reference_reps.items()
                         for layer, x in reps.items()}
             keys = list(combined)
-            matrix, rows, _ = similarity_matrix(current, {str(i): combined[k] for i, k in enumerate(keys)},
-                                                measure=self.measure)
+            prepared = self._prepared_measure()
+            if prepared is not None:
+                matrix, rows = prepared.matrix(current), list(current)
+            else:
+                matrix, rows, _ = similarity_matrix(current, {str(i): combined[k] for i, k in enumerate(keys)},
+                                                    measure=self.measure)
             out = {}
             for ref in self.reference_reps:
                 columns = [i for i, (r, _) in enumerate(keys) if r == ref]
@@ -143,6 +155,24 @@ class SimilarityTracker(Callback):
             layers = list(values)
             out[ref] = (torch.diag(torch.tensor([values[k] for k in layers], dtype=torch.float64)), layers, layers)
         return out
+
+    def _prepared_measure(self) -> Any | None:
+        """The registry's linear CKA with every reference layer prepared once (None for other measures).
+
+        References stay fixed during a fit, so their centring and Gram matrices are computed at the first
+        comparison and reused; the preparation is redone only if the reference tensors change.
+        """
+        name = getattr(self.measure, "name", None)
+        if (PreparedLinearCKA is None or name not in PREPARED_MEASURES
+                or getattr(self.measure, "fn", None) is not MEASURES[name].fn):
+            return None
+        key = tuple((ref, layer, id(x), x.data_ptr(), tuple(x.shape))
+                    for ref, reps in self.reference_reps.items() for layer, x in reps.items())
+        if self._prepared is None or self._prepared[0] != key:
+            references = {str(i): as_matrix(x) for i, x in enumerate(
+                x for reps in self.reference_reps.values() for x in reps.values())}
+            self._prepared = (key, PreparedLinearCKA(references, debiased=name == "linear_cka_debiased"))
+        return self._prepared[1]
 
     # -- listener interface ------------------------------------------------------------------------
     def on_snapshot(self, snapshot: Snapshot, trainer: Trainer | None, module: nn.Module) -> None:

@@ -79,7 +79,8 @@ def capture_representations(model: nn.Module, layers: Sequence[str] | str | None
     """Outputs of the named layers (names or globs) on ``inputs``, as float32 CPU tensors.
 
     The model runs in eval mode without grad; every submodule's train/eval flag is restored after.
-    A layer called several times in one forward pass keeps its last output.
+    A layer called several times in one forward pass keeps its last output. Each output is copied once
+    (into the result), when the hook sees it, so later in-place operations cannot change it.
     """
     names = resolve_layers(model, layers)
     how = {name: _pooling_for(name, pooling) for name in names}
@@ -93,7 +94,12 @@ def capture_representations(model: nn.Module, layers: Sequence[str] | str | None
 
     def hook_for(name: str):
         def hook(_module, _args, output):
-            current[name] = pool(_first_tensor(output, name).detach(), how[name]).float().cpu()
+            tensor = _first_tensor(output, name).detach()
+            pooled = pool(tensor, how[name])
+            # a view of the layer's output must be copied now: a later in-place op (ReLU(inplace=True))
+            # would change it before the forward pass ends; a pooled result is already new memory
+            alias = pooled.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+            current[name] = pooled.to("cpu", torch.float32, copy=alias)
         return hook
 
     flags = {m: m.training for m in model.modules()}
@@ -116,7 +122,7 @@ def capture_representations(model: nn.Module, layers: Sequence[str] | str | None
             handle.remove()
         for module, flag in flags.items():
             module.training = flag
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    return {name: parts[0] if len(parts) == 1 else torch.cat(parts) for name, parts in chunks.items()}
 
 
 @dataclass

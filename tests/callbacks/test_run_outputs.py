@@ -1,4 +1,5 @@
-"""RunOutputs and its helpers: atomic files, rank-0-only writing, finding the W&B run."""
+"""RunOutputs and its helpers: atomic files, rank-0-only writing, finding the W&B run; and the acceptance
+check that everything the callbacks log reaches the offline W&B run (read back) and the run directory."""
 
 import json
 import math
@@ -6,8 +7,24 @@ import math
 import pytest
 import torch
 
-from callbacks.run_outputs import RunOutputs, atomic_write, find_wandb_run, read_arrays, write_arrays, write_json
-from tests.callbacks.tiny_callback_models import make_trainer, read_wandb, wandb_logger
+from callbacks import Interpolation, ModuleCriticality, RepresentationSnapshot, SimilarityTracker
+from callbacks.run_outputs import (
+    RunOutputs,
+    atomic_write,
+    find_wandb_run,
+    json_safe,
+    read_arrays,
+    write_arrays,
+    write_json,
+)
+from tests.callbacks.tiny_callback_models import (
+    TinyClassifier,
+    blob_images,
+    loader,
+    make_trainer,
+    read_wandb,
+    wandb_logger,
+)
 
 
 def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path):
@@ -60,3 +77,83 @@ def test_the_wandb_run_is_found_among_the_loggers(tmp_path):
     assert run is trainer.loggers[0].experiment
     RunOutputs(trainer).log({"probe/value": 2.5})
     assert read_wandb(tmp_path).series("probe/value") == [2.5]
+
+
+class Recorder:
+    """Wraps RunOutputs' W&B and file methods and remembers every call the callbacks make."""
+
+    def __init__(self, monkeypatch):
+        self.rows, self.summary, self.tables, self.figures = [], {}, {}, []
+        original = {name: getattr(RunOutputs, name) for name in ("log", "summary", "table", "figure")}
+
+        def log(outputs, row):
+            if outputs.run is not None:
+                self.rows.append(dict(row))
+            original["log"](outputs, row)
+
+        def summary(outputs, values):
+            if outputs.run is not None:
+                self.summary.update(json_safe(dict(values)))
+            original["summary"](outputs, values)
+
+        def table(outputs, key, rows):
+            if outputs.run is not None and rows:
+                self.tables[key] = json_safe([dict(r) for r in rows])
+            original["table"](outputs, key, rows)
+
+        def figure(outputs, name, fig, wandb_key=None):
+            path = original["figure"](outputs, name, fig, wandb_key)
+            if path is not None and wandb_key and outputs.run is not None:
+                self.figures.append((wandb_key, path))
+            return path
+
+        for name, fn in (("log", log), ("summary", summary), ("table", table), ("figure", figure)):
+            monkeypatch.setattr(RunOutputs, name, fn)
+
+
+def numbers_in(obj) -> set:
+    if isinstance(obj, dict):
+        return set().union(*(numbers_in(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(numbers_in(v) for v in obj)) if obj else set()
+    return {obj} if isinstance(obj, int | float) and not isinstance(obj, bool) else set()
+
+
+def test_everything_the_callbacks_log_reaches_the_offline_wandb_run_and_the_run_directory(tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    snapshot = RepresentationSnapshot(blob_images(24, seed=7), probe_size=24)
+    callbacks = [snapshot, SimilarityTracker(("start", "random_init")),
+                 Interpolation(loader(32, seed=8), lambdas=3, bn_loader=loader(32, seed=9), bn_batches=2),
+                 ModuleCriticality(loader(32, seed=10), modules=["net.block4", "net.head"], alphas=(0.0, 1.0),
+                                   sigmas=(0.0, 0.05), draws=1)]
+    trainer = make_trainer(tmp_path, callbacks, epochs=2, logger=wandb_logger(tmp_path, "everything"))
+    trainer.fit(TinyClassifier(), loader(64, batch_size=16))
+    run = read_wandb(tmp_path)
+    run_files = next((tmp_path / "wandb").glob("offline-run-*")) / "files"
+    assert {key.split("/")[0] for row in recorder.rows for key in row} >= {"sim", "interp", "crit"}
+
+    # scalars: every logged row is in the W&B history, in order, with the same values
+    history = iter(run.history)
+    for row in recorder.rows:
+        assert any(all(h.get(k) == v for k, v in row.items()) for h in history), f"not in W&B history: {row}"
+    assert all(run.summary[key] == value for key, value in recorder.summary.items())
+    # tables: the same rows in W&B's table file; images: the same PNG bytes as the run directory's file
+    for key, rows in recorder.tables.items():
+        logged = [h for h in run.history if h.get(f"{key}/_type") == "table-file"][-1]
+        table = json.loads((run_files / logged[f"{key}/path"]).read_text())
+        assert [dict(zip(table["columns"], values)) for values in table["data"]] == rows, key
+    assert len(recorder.figures) == 6  # 2 heatmaps + 2 curve plots + interpolation + criticality
+    for key, path in recorder.figures:
+        logged = [h for h in run.history if h.get(f"{key}/_type") == "image-file"][-1]
+        assert (run_files / logged[f"{key}/path"]).read_bytes() == path.read_bytes(), key
+        assert path.parent == tmp_path
+
+    # run directory: every number sent to W&B is also in a JSON file there; snapshots match the manifest
+    on_disk = set().union(*(numbers_in(json.loads(p.read_text())) for p in tmp_path.glob("*.json")))
+    sent = numbers_in(recorder.rows) | numbers_in(recorder.summary) | numbers_in(recorder.tables)
+    assert sent <= on_disk, sorted(sent - on_disk)[:5]
+    manifest = json.loads((tmp_path / "snapshots" / "manifest.json").read_text())
+    assert [entry["tag"] for entry in manifest["snapshots"]] == ["fit_start", "epoch0", "epoch1"]
+    for entry, taken in zip(manifest["snapshots"], snapshot.snapshots):
+        saved = read_arrays(tmp_path / entry["file"])
+        assert all(torch.equal(saved[k], v) for k, v in taken.representations.items())

@@ -53,6 +53,15 @@ def test_same_weights_give_identical_snapshots_and_modes_are_restored():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("batch_size", [4, 8])  # several batches, and the whole probe in one
+def test_an_output_changed_in_place_afterwards_is_captured_as_the_layer_gave_it(batch_size):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(inplace=True))
+    x = torch.randn(8, 3)
+    reps = capture_representations(model, ["0", "1"], x, batch_size=batch_size)
+    assert torch.equal(reps["0"], model[0](x).detach()) and (reps["0"] < 0).any()
+    assert torch.equal(reps["1"], model[0](x).clamp(min=0).detach())
+
+
 def test_unknown_pooling_is_refused_with_a_suggestion():
     with pytest.raises(CallbackConfigError, match='Did you mean "mean"'):
         RepresentationSnapshot(torch.zeros(2, 1, 16, 16), pooling="maen")

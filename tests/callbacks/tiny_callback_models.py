@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from modules.nets.conv4 import CONV4_LAYERS, Conv4
 
@@ -64,6 +64,33 @@ def blob_images(n: int = 64, seed: int = 0) -> TensorDataset:
 
 def loader(n: int = 64, seed: int = 0, batch_size: int = 16, shuffle: bool = False) -> DataLoader:
     return DataLoader(blob_images(n, seed), batch_size=batch_size, shuffle=shuffle)
+
+
+class RankBatchSampler(Sampler[list[int]]):
+    """Global batches 0..b-1, b..2b-1, ... in order; under DDP rank r of w takes every w-th index of each.
+
+    One process then sees in each step exactly the examples that w processes see together, so gradients
+    (averaged by DDP) match: use it with ``Trainer(use_distributed_sampler=False)``. Lightning's own
+    distributed sampler always shuffles training data, which makes 1- and 2-process runs differ.
+    """
+
+    def __init__(self, n: int, global_batch: int) -> None:
+        self.n, self.global_batch = n, global_batch
+
+    def __iter__(self):
+        import torch.distributed as dist
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        for start in range(0, self.n - self.global_batch + 1, self.global_batch):
+            yield list(range(start + rank, start + self.global_batch, world))
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch
+
+
+def rank_split_loader(n: int = 64, seed: int = 0, global_batch: int = 16) -> DataLoader:
+    """blob_images in fixed global batches, split across DDP ranks by ``RankBatchSampler``."""
+    return DataLoader(blob_images(n, seed), batch_sampler=RankBatchSampler(n, global_batch))
 
 
 def wandb_logger(save_dir: Path, run_id: str = "cbtest") -> WandbLogger:

@@ -11,21 +11,42 @@ of blocks, which saves about a third of the work of linear CKA.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from similarity._matmul import mm
 
 # Block edge for products: large enough for BLAS to run at full speed, small enough that a block
 # (and its float64 reduction) stays a few tens of MB.
 BLOCK = 2048
 
 
+def _cpu_view(a: Tensor) -> np.ndarray | None:
+    """A numpy view of a CPU float32/float64 tensor (shared memory), else None."""
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not a.requires_grad:
+        return a.numpy()
+    return None
+
+
 def sq64(a: Tensor) -> float:
-    """Sum of squares of a block, accumulated in float64."""
+    """Sum of squares of a block, accumulated in float64.
+
+    On the CPU numpy's einsum does the float64 accumulation in one single-threaded pass without a
+    float64 copy (several times faster than torch's threaded norm when other jobs share the cores).
+    """
+    view = _cpu_view(a)
+    if view is not None:
+        flat = view.reshape(-1)
+        return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
     return float(torch.linalg.vector_norm(a, dtype=torch.float64)) ** 2
 
 
 def dot64(a: Tensor, b: Tensor) -> float:
     """Frobenius inner product of two blocks, accumulated in float64."""
+    va, vb = _cpu_view(a), _cpu_view(b)
+    if va is not None and vb is not None:
+        return float(np.einsum("i,i->", va.reshape(-1), vb.reshape(-1), dtype=np.float64))
     if a.dtype == torch.float64:
         return float(torch.dot(a.reshape(-1), b.reshape(-1)))
     return float(torch.sum(a * b, dtype=torch.float64))
@@ -45,7 +66,7 @@ def self_feature_sq(xc: Tensor, block: int = BLOCK) -> float:
     for i, (a0, a1) in enumerate(spans):
         left = xc[:, a0:a1].T
         for b0, b1 in spans[i:]:
-            total += (1.0 if b0 == a0 else 2.0) * sq64(left @ xc[:, b0:b1])
+            total += (1.0 if b0 == a0 else 2.0) * sq64(mm(left, xc[:, b0:b1]))
     return total
 
 
@@ -55,7 +76,7 @@ def cross_feature_sq(xc: Tensor, yc: Tensor, block: int = BLOCK) -> float:
     for a0, a1 in edges(xc.shape[1], block):
         left = xc[:, a0:a1].T
         for b0, b1 in edges(yc.shape[1], block):
-            total += sq64(left @ yc[:, b0:b1])
+            total += sq64(mm(left, yc[:, b0:b1]))
     return total
 
 
@@ -67,7 +88,7 @@ def gram_space_sums(xc: Tensor, yc: Tensor, block: int = BLOCK) -> tuple[float, 
         xa, ya = xc[a0:a1], yc[a0:a1]
         for b0, b1 in spans[i:]:
             weight = 1.0 if b0 == a0 else 2.0
-            k, l_ = xa @ xc[b0:b1].T, ya @ yc[b0:b1].T
+            k, l_ = mm(xa, xc[b0:b1].T), mm(ya, yc[b0:b1].T)
             xy += weight * dot64(k, l_)
             xx += weight * sq64(k)
             yy += weight * sq64(l_)
@@ -81,7 +102,7 @@ def self_gram_sq(xc: Tensor, block: int = BLOCK) -> float:
     for i, (a0, a1) in enumerate(spans):
         xa = xc[a0:a1]
         for b0, b1 in spans[i:]:
-            total += (1.0 if b0 == a0 else 2.0) * sq64(xa @ xc[b0:b1].T)
+            total += (1.0 if b0 == a0 else 2.0) * sq64(mm(xa, xc[b0:b1].T))
     return total
 
 
@@ -111,16 +132,46 @@ def self_sq(xc: Tensor) -> float:
 def gram(xc: Tensor, block: int = BLOCK) -> Tensor:
     """The full N x N Gram matrix Xc Xc^T in Xc's dtype, computing only the upper triangle of blocks."""
     n = xc.shape[0]
-    out = torch.empty(n, n, dtype=xc.dtype, device=xc.device)
     spans = edges(n, block)
+    if len(spans) == 1:
+        return mm(xc, xc.T)
+    out = torch.empty(n, n, dtype=xc.dtype, device=xc.device)
+    target = _cpu_view(out)
+    if target is None:
+        target = out
     for i, (a0, a1) in enumerate(spans):
         xa = xc[a0:a1]
         for b0, b1 in spans[i:]:
-            blk = xa @ xc[b0:b1].T
-            out[a0:a1, b0:b1] = blk
+            blk = mm(xa, xc[b0:b1].T)
+            blk = blk.numpy() if isinstance(target, np.ndarray) else blk
+            target[a0:a1, b0:b1] = blk
             if b0 != a0:
-                out[b0:b1, a0:a1] = blk.T
+                target[b0:b1, a0:a1] = blk.T
     return out
+
+
+def gram_inner_products(grams: list[Tensor], block_bytes: int = 16 * 2**20) -> Tensor:
+    """[G, G] float64 matrix of Frobenius inner products <K_u, K_v> of N x N matrices (all pairs at once).
+
+    Row blocks of all matrices are converted to float64 once, into one reused buffer, and multiplied
+    as one (G x b) @ (b x G) product, instead of one float64-accumulated pass over N^2 elements per pair.
+    """
+    n = grams[0].shape[0]
+    count = len(grams)
+    rows = max(1, block_bytes // (8 * count * n))
+    total = torch.zeros(count, count, dtype=torch.float64)
+    buffer = torch.empty(count, rows * n, dtype=torch.float64, device=grams[0].device)
+    for r0, r1 in edges(n, rows):
+        stacked = buffer[:, :(r1 - r0) * n]
+        target = _cpu_view(stacked)
+        for u, k in enumerate(grams):
+            view = _cpu_view(k)
+            if target is not None and view is not None:
+                target[u] = view[r0:r1].reshape(-1)
+            else:
+                stacked[u] = k[r0:r1].reshape(-1)
+        total += mm(stacked, stacked.T).cpu()
+    return total
 
 
 def row_sums64(k: Tensor, block: int = BLOCK) -> Tensor:

@@ -16,6 +16,7 @@ from similarity._inputs import (
     compute_dtype,
     did_you_mean,
 )
+from similarity._matmul import mm, singular_values
 
 
 def _row_space(xc: Tensor) -> Tensor:
@@ -47,7 +48,7 @@ def procrustes_distance(x: Tensor, y: Tensor) -> float:
         xc = _row_space(xc)
     if yc.shape[1] > n:
         yc = _row_space(yc)
-    nuclear = float(torch.linalg.svdvals((xc.T @ yc).to(torch.float64)).sum())
+    nuclear = float(singular_values(mm(xc.T, yc).to(torch.float64)).sum())
     return max(0.0, 2.0 - 2.0 * nuclear / (norm_x * norm_y))
 
 

@@ -4,8 +4,8 @@ similarity_matrix(reps_a, reps_b, measure) compares every layer of reps_a with e
 reps_b. Looping a pairwise measure over L_a x L_b pairs recomputes each layer's Gram or D x D
 products L times; here:
 - linear CKA: each layer is centred once; a cost model decides which layers get an N x N Gram
-  matrix (then every Gram-Gram pair is one N^2 inner product) and which stay in feature space
-  (pairs cost N Da Db), minimising total multiply-adds under a memory budget;
+  matrix (all Gram-Gram inner products then come from one blocked float64 product) and which stay
+  in feature space (pairs cost N Da Db), minimising total multiply-adds under a memory budget;
 - RBF CKA: each layer's centred kernel is built once, pairs are inner products;
 - RSA: each layer's RDM (ranked and standardised for Spearman/Pearson) is built once, pairs are
   dot products;
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from similarity._blocks import centre_kernel_, cross_feature_sq, dot64, edges, gram, self_sq, sq64
+from similarity._blocks import centre_kernel_, cross_feature_sq, dot64, edges, gram, gram_inner_products, self_sq
 from similarity._inputs import SimilarityInputError, as_matrix, centre, compute_dtype
 from similarity.cka import _ratio, debias, rbf_kernel
 from similarity.registry import MEASURES, Measure, get_measure
@@ -78,12 +78,17 @@ def _linear_cka_matrix(tensors: list[Tensor], idx_a: list[int], idx_b: list[int]
     centred = [centre(t, dtype) for t in tensors]
     pairs = {(a, b) if a <= b else (b, a) for a in idx_a for b in idx_b if a != b}
     grams_for = _plan_grams(n, [t.shape[1] for t in tensors], pairs, torch.finfo(dtype).bits // 8)
-    grams = {u: gram(centred[u][0]) for u in grams_for}
-    self_terms = [sq64(grams[u]) if u in grams else self_sq(centred[u][0]) for u in range(len(tensors))]
+    gram_order = sorted(grams_for)
+    grams = [gram(centred[u][0]) for u in gram_order]
+    gram_products = gram_inner_products(grams) if grams else None  # every Gram-Gram pair in one pass
+    del grams
+    slot = {u: i for i, u in enumerate(gram_order)}
+    self_terms = [float(gram_products[slot[u], slot[u]]) if u in slot else self_sq(centred[u][0])
+                  for u in range(len(tensors))]
     cross: dict[tuple[int, int], float] = {}
     for a, b in pairs:
-        if a in grams and b in grams:
-            cross[a, b] = sum(dot64(grams[a][r0:r1], grams[b][r0:r1]) for r0, r1 in edges(n, 1024))
+        if a in slot and b in slot:
+            cross[a, b] = float(gram_products[slot[a], slot[b]])
         else:
             cross[a, b] = cross_feature_sq(centred[a][0], centred[b][0])
     for u in range(len(tensors)):

@@ -3,11 +3,13 @@
 Cases (float32 representations, y a noisy nonlinear read-out of post-ReLU-like x):
 - "cka N=.. D=..": linear CKA, biased HSIC. Peers: a plain numpy reference following Kornblith et
   al. (feature space, float64; and their Gram form at N=2,000), ckatorch.cka_base (float64 N x N
-  Grams), and "bare mm": only the float32 torch.mm calls of the products our route needs (the limit).
+  Grams), and "bare mm": only the float32 products our route needs (full, not triangular), through torch.mm
+  and through numpy's BLAS, which similarity/ uses on the CPU (the limit).
 - "cka-debiased N=.. D=..": debiased HSIC. Peers: numpy (Kornblith's debiased feature form),
   ckatorch (unbiased=True), torch_cka (its CKA.compare on identity models, one batch of N, i.e. its
   unbiased HSIC; only at N=2,000: its trace(K @ L) costs N^3).
-- "layers 8x8 N=5000": an 8 x 8 layer matrix (widths 64..4,096) vs looping the numpy reference.
+- "layers 8x8 N=5000": an 8 x 8 layer matrix (widths 64..4,096) vs looping the fastest exact peer (numpy,
+  Kornblith's feature or Gram form, whichever is cheaper for the pair); quick: N=1,000, widths 16..1,024.
 - "rsa N=2000 D=..": correlation RDM + Spearman vs rsatoolbox (calc_rdm + compare).
 Errors are absolute differences from a float64 reference of the same estimator on the same data.
 Peak memory is the largest resident-set growth seen during the call (sampled every 2 ms).
@@ -159,15 +161,25 @@ def torch_cka_value(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cka.export()["CKA"][0, 0])
 
 
-def bare_mm(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The float32 products of our route, nothing else: X^T X, Y^T Y, X^T Y (or X X^T, Y Y^T for Gram)."""
+def _route_products(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (left, right) operands of the products our linear CKA route multiplies (full, not triangular)."""
     from similarity._blocks import feature_cost, gram_cost
 
     n, d = x.shape
     if feature_cost(n, d, d) <= gram_cost(n, d, d):
-        products = (torch.mm(x.T, x), torch.mm(y.T, y), torch.mm(x.T, y))
-    else:
-        products = (torch.mm(x, x.T), torch.mm(y, y.T))
+        return [(x.T, x), (y.T, y), (x.T, y)]
+    return [(x, x.T), (y, y.T)]
+
+
+def bare_mm(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The float32 torch.mm calls of our route, nothing else: X^T X, Y^T Y, X^T Y (or X X^T, Y Y^T for Gram)."""
+    products = [torch.mm(a, b) for a, b in _route_products(x, y)]
+    return float(products[0][0, 0])
+
+
+def bare_numpy_mm(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The same products through numpy's BLAS (what similarity/ uses on the CPU): the limit on this machine."""
+    products = [np.matmul(a.numpy(), b.numpy()) for a, b in _route_products(x, y)]
     return float(products[0][0, 0])
 
 
@@ -191,6 +203,8 @@ def linear_rows(n: int, d: int) -> list[dict]:
         if not debiased:
             rows.append(_measure("bare mm", case, lambda: bare_mm(x, y), None, 3,
                                  "float32 torch.mm of the products our route needs, full (not triangular)"))
+            rows.append(_measure("bare mm (numpy BLAS)", case, lambda: bare_numpy_mm(x, y), None, 3,
+                                 "the same products, float32, through numpy's BLAS"))
         rows.append(_measure("numpy (Kornblith)", case, lambda d=debiased: numpy_feature_cka(xn, yn, d), ref,
                              repeats, "feature space, float64"))
         if not debiased and n <= 2000:
@@ -204,10 +218,21 @@ def linear_rows(n: int, d: int) -> list[dict]:
     return rows
 
 
-def layer_matrix_rows(n: int = 5000) -> list[dict]:
+def numpy_fastest_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Kornblith et al.'s float64 code in the cheaper of its two forms for these shapes (the fastest exact peer)."""
+    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    if n * (dx * dx + dy * dy + dx * dy) <= n * n * (dx + dy):
+        return numpy_feature_cka(x, y)
+    return numpy_gram_cka(x, y)
+
+
+LAYER_WIDTHS = (64, 128, 256, 512, 1024, 2048, 3072, 4096)
+
+
+def layer_matrix_rows(n: int = 5000, widths: tuple[int, ...] = LAYER_WIDTHS) -> list[dict]:
+    """8 x 8 linear CKA matrix between two 'networks' (one layer per width) vs looping the fastest exact peer."""
     from similarity import similarity_matrix
 
-    widths = [64, 128, 256, 512, 1024, 2048, 3072, 4096]
     g = torch.Generator().manual_seed(1)
     base = torch.randn(n, 64, generator=g)
 
@@ -217,7 +242,7 @@ def layer_matrix_rows(n: int = 5000) -> list[dict]:
                 for i, w in enumerate(widths)}
 
     reps_a, reps_b = network(2), network(3)
-    case = f"layers 8x8 N={n}"
+    case = f"layers {len(widths)}x{len(widths)} N={n} D={min(widths)}..{max(widths)}"
     ours_matrix: list[torch.Tensor] = []
     loop_matrix: list[torch.Tensor] = []
 
@@ -226,12 +251,13 @@ def layer_matrix_rows(n: int = 5000) -> list[dict]:
         return 0.0
 
     def loop() -> float:
-        values = [[numpy_feature_cka(a.numpy(), b.numpy()) for b in reps_b.values()] for a in reps_a.values()]
+        values = [[numpy_fastest_cka(a.numpy(), b.numpy()) for b in reps_b.values()] for a in reps_a.values()]
         loop_matrix[:] = [torch.tensor(values, dtype=torch.float64)]
         return 0.0
 
     row_ours = _measure("ours", case, ours, None, 3, "similarity_matrix, Grams/feature products reused")
-    row_loop = _measure("numpy (Kornblith) x64", case, loop, None, 1, "fastest exact peer looped over the pairs")
+    row_loop = _measure("numpy (Kornblith) x64", case, loop, None, 1,
+                        "fastest exact peer (float64, feature or Gram form, whichever is cheaper) looped over pairs")
     row_ours["error"] = float((ours_matrix[0] - loop_matrix[0]).abs().max())  # vs the float64 loop
     return [row_ours, row_loop]
 
@@ -254,18 +280,33 @@ def rsa_rows(n: int, d: int) -> list[dict]:
         return float(rsatoolbox.rdm.compare(rdm_x, rdm_y, method="spearman").item())
 
     case = f"rsa N={n} D={d}"
-    return [_measure("ours", case, lambda: rsa_similarity(x, y), ref, 3, "1 - Pearson RDM, Spearman"),
-            _measure("rsatoolbox", case, toolbox, ref, 3, "calc_rdm(correlation) + compare(spearman)")]
+    values: dict[str, float] = {}
+
+    def ours() -> float:
+        values["ours"] = rsa_similarity(x, y)
+        return values["ours"]
+
+    def theirs() -> float:
+        values["rsatoolbox"] = toolbox()
+        return values["rsatoolbox"]
+
+    row_ours = _measure("ours", case, ours, ref, 3, "1 - Pearson RDM (float32 products), Spearman")
+    row_toolbox = _measure("rsatoolbox", case, theirs, ref, 3,
+                           "calc_rdm(correlation) + compare(spearman); float32 data stay float32 in its RDM")
+    row_ours["note"] += f"; |ours - rsatoolbox| = {abs(values['ours'] - values['rsatoolbox']):.1e}"
+    return [row_ours, row_toolbox]
 
 
 def run(quick: bool = False) -> list[dict]:
-    """All similarity perf rows; quick=True runs only the N=2,000, D=512 cases (well under a minute)."""
+    """All similarity perf rows; quick=True runs the N=2,000, D=512 cases and a small layer matrix (~1-2 min)."""
     sizes = [(2000, 512)] if quick else [(2000, 512), (2000, 4096), (10_000, 512), (10_000, 4096)]
     rows: list[dict] = []
     for n, d in sizes:
         rows += linear_rows(n, d)
     rows += rsa_rows(2000, 512)
-    if not quick:
+    if quick:
+        rows += layer_matrix_rows(1000, tuple(w // 4 for w in LAYER_WIDTHS))
+    else:
         rows += rsa_rows(2000, 4096)
         rows += layer_matrix_rows()
     return rows

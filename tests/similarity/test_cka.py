@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 import tests.similarity.float64_references as ref
 from similarity import SimilarityInputError, linear_cka, minibatch_cka, rbf_cka
-from similarity._blocks import cross_feature_sq, gram_space_sums, self_feature_sq, self_gram_sq
+from similarity._blocks import (
+    cross_feature_sq,
+    gram,
+    gram_inner_products,
+    gram_space_sums,
+    self_feature_sq,
+    self_gram_sq,
+)
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -117,6 +124,16 @@ def test_feature_space_and_gram_space_routes_give_the_same_sums():
     assert xx == pytest.approx(self_feature_sq(x, block=4), rel=1e-12)
     assert yy == pytest.approx(self_gram_sq(y, block=9), rel=1e-12)
     assert xx == pytest.approx(float((x.T @ x).square().sum()), rel=1e-12)
+
+
+def test_blocked_gram_and_all_pairs_inner_products_equal_the_plain_products():
+    x, y = related_pair(60, 30, 20, seed=5)
+    kx, ky = gram(x.float(), block=16), gram(y.float(), block=25)  # several blocks, uneven edges
+    torch.testing.assert_close(kx, x.float() @ x.float().T, rtol=1e-5, atol=1e-3)
+    products = gram_inner_products([kx, ky], block_bytes=8 * 2 * 60 * 7)  # 7 rows per block
+    for i, a in enumerate((kx, ky)):
+        for j, b in enumerate((kx, ky)):
+            assert float(products[i, j]) == pytest.approx(float((a.double() * b.double()).sum()), rel=1e-12)
 
 
 def test_inputs_are_flattened_per_example():

@@ -12,7 +12,7 @@ from scipy import stats
 
 import tests.similarity.float64_references as ref
 from similarity import UnknownNameError, compare_rdms, rdm, rsa_dissimilarity, rsa_similarity
-from similarity.rsa import average_ranks, kendall_tau_a
+from similarity.rsa import _spearman_ranks_float32, average_ranks, kendall_tau_a, standardised
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -45,8 +45,13 @@ def test_rdm_of_float32_input_is_float64_and_close_to_the_exact_one():
        st.sampled_from(["spearman", "pearson", "kendall_tau_a"]))
 def test_rsa_of_identical_inputs_is_one_and_its_dissimilarity_zero(n, d, seed, metric, compare):
     x = gaussian(n, d, seed) + 0.1
-    assert rsa_similarity(x, x, rdm_metric=metric, compare=compare) == pytest.approx(1.0, abs=1e-12)
-    assert rsa_dissimilarity(x, x, rdm_metric=metric, compare=compare) == pytest.approx(0.0, abs=1e-12)
+    expected = 1.0
+    if compare == "kendall_tau_a":  # tau-a counts tied pairs in its denominator: 1 only without ties
+        values = rdm(x, metric).numpy()  # (with d=2 every correlation is +-1, so ties are the rule)
+        pairs = values.size * (values.size - 1) // 2
+        expected = 1.0 - ref.tied_pairs(values) / pairs if pairs else 0.0
+    assert rsa_similarity(x, x, rdm_metric=metric, compare=compare) == pytest.approx(expected, abs=1e-12)
+    assert rsa_dissimilarity(x, x, rdm_metric=metric, compare=compare) == pytest.approx(1.0 - expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("compare", ["spearman", "pearson", "kendall_tau_a"])
@@ -87,6 +92,33 @@ def test_average_ranks_are_exact_for_values_closer_than_the_packed_sort_resolves
     base = np.random.default_rng(0).random(5_000)
     values = np.concatenate([base, base * (1 + 1e-13), base * (1 - 1e-15), -base, [0.0, -0.0]])
     np.testing.assert_array_equal(average_ranks(torch.from_numpy(values)).numpy(), stats.rankdata(values))
+
+
+def test_spearman_of_float32_input_ranks_exactly_the_float64_values_rdm_returns():
+    """float32 input takes a shortcut (ranks from packed float32 keys): it must equal scipy's Spearman
+    of rdm()'s own float64 values, ties included (duplicate examples and constant rows make ties)."""
+    x, y = related_pair(120, seed=7)
+    x, y = x.float(), y.float()
+    x[10:20] = x[0]  # duplicated examples: many exactly equal dissimilarities
+    y[30:35] = y[1]
+    x[40] = 2.0  # a constant example: dissimilarity exactly 1 to every other example
+    expected = float(stats.spearmanr(rdm(x).numpy(), rdm(y).numpy()).statistic)
+    assert rsa_similarity(x, y) == pytest.approx(expected, abs=1e-12)
+
+
+@FAST
+@given(st.lists(st.sampled_from([-1.0, -0.5, -0.0, 0.0, 0.25, 0.5, 1.0, 3e-5, -7e-3]), min_size=2, max_size=80))
+def test_float32_rank_shortcut_matches_the_ranks_of_one_minus_the_values(values):
+    t = torch.tensor(values, dtype=torch.float32)
+    expected = standardised(torch.from_numpy(stats.rankdata(1.0 - t.double().numpy())))
+    np.testing.assert_allclose(_spearman_ranks_float32(t), expected.numpy(), rtol=0, atol=1e-12)
+
+
+def test_float32_rank_shortcut_declines_values_where_one_minus_t_rounds_in_float64():
+    # 1 - 1e-12 and 1 - 2e-12 are distinct in float64 but 1 - 1e-20 rounds to 1: ranks of float32 keys
+    # could differ from the ranks of rdm()'s values, so the general float64 route is taken instead.
+    assert _spearman_ranks_float32(torch.tensor([0.5, 1e-20, 0.25], dtype=torch.float32)) is None
+    assert _spearman_ranks_float32(torch.tensor([0.5, 2.0**-28, 0.25], dtype=torch.float32)) is not None
 
 
 def test_unknown_metric_or_comparison_suggests_the_right_name():

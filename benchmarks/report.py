@@ -27,15 +27,16 @@ class Finding:
 
 
 def versions() -> str:
-    import lightning
+    """Installed versions of the packages a result depends on (read from package metadata, not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
-    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"lightning {lightning.__version__}"]
-    for name in ("timm", "segmentation_models_pytorch", "torchmetrics", "wandb", "learn2learn"):
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    for name in ("lightning", "timm", "segmentation_models_pytorch", "torchmetrics", "wandb", "learn2learn"):
         try:
-            module = __import__(name)
-            parts.append(f"{name} {module.__version__}")
-        except Exception:  # noqa: BLE001 - optional in a report header
+            parts.append(f"{name} {version(name.replace('_', '-'))}")
+        except PackageNotFoundError:  # optional in a report header
             pass
     return ", ".join(parts)
 

@@ -106,9 +106,18 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
 
 # ============================================================================================ data
 def make_datamodule(cfg: dict, domain: str, *, n_train: int, n_val: int, n_test: int, label_fraction: float,
-                    seed: int, batch_size: int):
+                    seed: int, batch_size: int, min_train_batches: int = 0):
     """The datamodule of one domain (``data.kind``: ``scenes`` = embedded composite scenes; ``oxford_pet``
-    and other full-scale sets come from datamodules.fullscale under the data root)."""
+    and other full-scale sets come from datamodules.fullscale under the data root). ``min_train_batches``
+    repeats a small labelled subset so every label fraction takes the same optimiser steps per epoch."""
+    dm = _datamodule(cfg, domain, n_train=n_train, n_val=n_val, n_test=n_test, label_fraction=label_fraction,
+                     seed=seed, batch_size=batch_size)
+    dm.min_train_batches = int(min_train_batches)
+    return dm
+
+
+def _datamodule(cfg: dict, domain: str, *, n_train: int, n_val: int, n_test: int, label_fraction: float,
+                seed: int, batch_size: int):
     data = cfg["data"]
     kind = data.get("kind", "scenes")
     if kind == "scenes":
@@ -158,9 +167,10 @@ def _trainer_limits(cfg: dict) -> dict:
 def set_threads(setting: int | str | None) -> int:
     """Apply ``threads`` (an int, or ``auto``/null) to torch's intra-op pool; return the thread count used.
 
-    ``auto`` keeps torch's default unless the machine is already busy (1-minute load average >= half the
-    cores): then 1 thread. Under contention, OpenMP worker threads that spin while waiting for each other
-    made a training step of this U-Net 10x slower with 2 threads than with 1 (measured on 2 shared cores).
+    ``auto`` keeps torch's default unless other processes keep at least half the cores busy: then 1 thread.
+    Under contention, OpenMP worker threads that spin while waiting for each other made a training step of
+    this U-Net 10x slower with 2 threads than with 1 (measured on 2 shared cores). On a quiet machine 2
+    threads are 1.4x faster than 1, so the count must not include this process's own load.
     """
     import os
 
@@ -168,14 +178,31 @@ def set_threads(setting: int | str | None) -> int:
 
     if setting in (None, "auto"):
         cores = os.cpu_count() or 1
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores / 2
-        threads = 1 if busy else torch.get_num_threads()
+        threads = 1 if other_runnable_tasks() >= cores / 2 else torch.get_num_threads()
     else:
         threads = int(setting)
         if threads < 1:
             raise UserError(f"threads={setting} must be >= 1", "set threads to a positive number or auto")
     torch.set_num_threads(threads)
     return threads
+
+
+def other_runnable_tasks(samples: int = 9, interval: float = 0.02) -> float:
+    """Median number of runnable tasks on the machine besides this one (``/proc/loadavg``'s running count;
+    the 1-minute load average minus one where that file is missing)."""
+    import os
+    import statistics
+
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return max(0.0, os.getloadavg()[0] - 1) if hasattr(os, "getloadavg") else 0.0
+        counts.append(running - 1)  # this process, reading the file, is one of them
+        time.sleep(interval)
+    return float(statistics.median(counts))
 
 
 def _every_k_and_last_checkpoint(dirpath: Path, every: int):
@@ -293,7 +320,8 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
     seed = int(p["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, "target", n_train=tgt["n_train"], n_val=tgt["n_val"], n_test=tgt["n_test"],
-                         label_fraction=float(p["fraction"]), seed=seed, batch_size=tgt["batch_size"])
+                         label_fraction=float(p["fraction"]), seed=seed, batch_size=tgt["batch_size"],
+                         min_train_batches=int(tgt.get("min_steps_per_epoch", 0)))
     dm.prepare_data()
     dm.setup("fit")
     parts = str(ctx.output_of(run.needs[0]) / "parts.pt") if run.needs else None

@@ -173,11 +173,34 @@ class ImageArrayDataset(Dataset):
         return self.image(index), self.labels[index]
 
 
+class RepeatedDataset(Dataset):
+    """``dataset`` cycled to ``length`` items (item i is ``dataset[i % len(dataset)]``)."""
+
+    def __init__(self, dataset: Dataset, length: int) -> None:
+        self.dataset, self.length = dataset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.dataset[index % len(self.dataset)]
+
+
+def repeat_to_length(dataset: Dataset, length: int) -> Dataset:
+    """``dataset`` itself when it has at least ``length`` items, else whole repeats of it reaching ``length``."""
+    n = len(dataset)
+    if n == 0 or n >= length:
+        return dataset
+    return RepeatedDataset(dataset, -(-length // n) * n)
+
+
 class ArrayDataModule(L.LightningDataModule):
     """Shared plumbing of the embedded DataModules: seeded loaders, label transform, probe batch.
 
     Subclasses implement ``build_datasets() -> {"train": ds, "val": ds, "test": ds}`` and set
     ``num_classes`` and ``image_shape``. The train loader's order depends only on ``seed`` and the epoch.
+    ``min_train_batches`` repeats a small training set so that one epoch is at least that many batches:
+    runs at different label fractions then take the same number of optimiser steps per epoch.
     """
 
     num_classes: int
@@ -190,10 +213,14 @@ class ArrayDataModule(L.LightningDataModule):
         num_workers: int = 0,
         input_transform: InputTransform | None = None,
         label_transform: LabelTransform | None = None,
+        min_train_batches: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if min_train_batches < 0:
+            raise ValueError(f"min_train_batches={min_train_batches} must be >= 0 (0 = one pass over the data)")
+        self.min_train_batches = min_train_batches
         self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -230,6 +257,8 @@ class ArrayDataModule(L.LightningDataModule):
 
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
+        if split == "train":
+            dataset = repeat_to_length(dataset, self.min_train_batches * self.batch_size)
         # the order depends only on (seed, epoch): a run resumed mid-training sees the same batches
         sampler = EpochSeededRandomSampler(len(dataset), self.seed) if shuffle else None
         return DataLoader(

@@ -306,8 +306,9 @@ class SceneDataModule(ArrayDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         num_workers: int = 0,
+        min_train_batches: int = 0,
     ) -> None:
-        super().__init__(seed, batch_size, num_workers)
+        super().__init__(seed, batch_size, num_workers, min_train_batches=min_train_batches)
         self.save_hyperparameters()
         if domain not in DOMAINS:
             raise ValueError(f"unknown scene domain {domain!r}; use one of {list(DOMAINS)}")

@@ -47,7 +47,10 @@ def check_encoder_name(encoder: str) -> str:
 
 def build_unet(encoder: str = DEFAULT_ENCODER, classes: int = 2, in_channels: int = 3,
                decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS, encoder_depth: int = 5) -> nn.Module:
-    """An smp U-Net with a randomly initialised timm encoder (no downloads)."""
+    """An smp U-Net with a randomly initialised timm encoder (no downloads).
+
+    Weights are stored channels-last: on this CPU a training step of the EfficientNet-Lite0 U-Net is ~13%
+    faster that way (medians over alternated repeats), and inputs need no conversion."""
     import segmentation_models_pytorch as smp
 
     check_encoder_name(encoder)
@@ -56,8 +59,9 @@ def build_unet(encoder: str = DEFAULT_ENCODER, classes: int = 2, in_channels: in
     if len(decoder_channels) != encoder_depth:
         raise UNetConfigError(f"decoder_channels {list(decoder_channels)} has {len(decoder_channels)} entries "
                               f"but encoder_depth is {encoder_depth}", "give one channel count per depth")
-    return smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes,
-                    decoder_channels=tuple(decoder_channels), encoder_depth=encoder_depth)
+    net = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes,
+                   decoder_channels=tuple(decoder_channels), encoder_depth=encoder_depth)
+    return net.to(memory_format=torch.channels_last)
 
 
 def part(unet: nn.Module, name: str) -> nn.Module:

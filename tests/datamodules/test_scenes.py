@@ -153,3 +153,16 @@ def test_target_datamodule_labels_are_shape_kinds():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SceneDataModule(**kwargs)
+
+
+def test_min_train_batches_repeats_a_small_labelled_subset_whole():
+    """16 labelled scenes, batch 8, at least 4 batches: every scene appears exactly twice per epoch."""
+    dm = SceneDataModule(domain="target", n_train=64, n_val=8, n_test=8, label_fraction=0.25, seed=0,
+                         image_size=32, batch_size=8, min_train_batches=4)
+    images = torch.cat([batch["image"] for batch in dm.train_dataloader()])
+    assert len(images) == 32
+    distinct, counts = torch.unique(images.flatten(1), dim=0, return_counts=True)
+    assert len(distinct) == 16 and counts.tolist() == [2] * 16
+    full = SceneDataModule(domain="target", n_train=64, n_val=8, n_test=8, label_fraction=1.0, seed=0,
+                           image_size=32, batch_size=8, min_train_batches=4)
+    assert len(full.train_dataloader()) == 8  # already 8 batches: not repeated

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import sys
 import time
@@ -70,9 +71,25 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         print(f"  ({name}: {time.time() - start:.0f}s)", file=sys.stderr)
     out = results_root() / "perf.json"
-    atomic_write_json(out, {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick, "rows": rows})
+    atomic_write_json(out, merge_results(out, rows, quick=args.quick))
     print(f"\nwritten: {out}")
     return 0
+
+
+def merge_results(path: Path, rows: list[dict], quick: bool) -> dict:
+    """perf.json with the topics just measured replaced and the others kept (``--only`` adds, never erases).
+
+    Every row carries the time and mode (quick or full) it was measured in."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    rows = [{**row, "measured": stamp, "quick": quick} for row in rows]
+    kept: list[dict] = []
+    if path.exists():
+        try:
+            kept = json.loads(path.read_text()).get("rows", [])
+        except (json.JSONDecodeError, AttributeError):
+            kept = []  # an unreadable old file: replaced by this run's rows
+    fresh = {row.get("topic") for row in rows}
+    return {"time": stamp, "rows": [row for row in kept if row.get("topic") not in fresh] + rows}
 
 
 if __name__ == "__main__":

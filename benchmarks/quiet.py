@@ -15,6 +15,11 @@ HARMLESS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     # Every DataModule here is in memory: worker processes would only cost start-up time on 2 cores.
     r"The '\w+_dataloader' does not have many workers",
+    # Frozen layers (head-only / lower-layers fine-tuning, frozen encoders) stay in eval mode on purpose, so
+    # their batch-norm statistics stay bit-identical (tested in tests/modules/).
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # The MAML control classifier is validated by few-shot tasks after training, not by a val loader.
+    r"You defined a `validation_step` but have no `val_dataloader`",
 )
 
 

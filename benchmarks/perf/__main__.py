@@ -19,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks.quiet import silence_known_noise
 from benchmarks.runstore import atomic_write_json, results_root
 
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only the small cases (about a minute each)")
     parser.add_argument("--only", default="", help="comma-separated topics, e.g. similarity,maml")
     args = parser.parse_args(argv)
+    silence_known_noise()
     wanted = {f"perf_{t}" for t in args.only.split(",") if t}
     rows: list[dict] = []
     print(f"{'topic':14s} {'case':30s} {'impl':22s} {'seconds':>10s} {'peak MB':>8s} {'error':>9s} "

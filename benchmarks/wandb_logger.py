@@ -7,12 +7,15 @@ run key (stable across requeues and re-runs, so a resumed run continues the same
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from pathlib import Path
 
 import wandb
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from benchmarks.config import flatten
 
@@ -48,8 +51,33 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
     )
     # Lightning always passes wandb's deprecated ``anonymous`` setting, which then warns on every run.
     wandb_logger._wandb_init.pop("anonymous", None)
-    csv_logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    csv_logger = AppendingCSVLogger(save_dir=str(run_dir), name="csv", version="")
     return [wandb_logger, csv_logger]
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted.
+
+    Lightning deletes the file when the directory is not empty, so a resumed run kept only the epochs
+    after its checkpoint. Epochs re-run after the checkpoint appear twice (both rows are real)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class AppendingCSVLogger(CSVLogger):
+    """CSVLogger writing through :class:`AppendingExperimentWriter` (rank 0 only, like its parent)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            if self.root_dir:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def finish_wandb() -> None:

@@ -112,7 +112,11 @@ def make_datamodule(cfg: dict, domain: str, *, n_train: int, n_val: int, n_test:
     repeats a small labelled subset so every label fraction takes the same optimiser steps per epoch."""
     dm = _datamodule(cfg, domain, n_train=n_train, n_val=n_val, n_test=n_test, label_fraction=label_fraction,
                      seed=seed, batch_size=batch_size)
-    dm.min_train_batches = int(min_train_batches)
+    if min_train_batches and not hasattr(dm, "min_train_batches"):
+        raise UserError(f"the {type(dm).__name__} of data.kind {cfg['data'].get('kind')!r} cannot repeat small "
+                        "labelled subsets", "set target.min_steps_per_epoch: 0, or derive it from ArrayDataModule")
+    if hasattr(dm, "min_train_batches"):
+        dm.min_train_batches = int(min_train_batches)
     return dm
 
 
@@ -460,6 +464,10 @@ def _validate(cfg: dict) -> None:
                             "start from benchmarks/configs/segmentation/tiny.yaml")
     if len(cfg["target"]["label_fractions"]) < 1:
         raise UserError("target.label_fractions is empty", "give at least one fraction, e.g. [0.25, 1.0]")
+    steps = cfg["target"].get("min_steps_per_epoch", 0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise UserError(f"target.min_steps_per_epoch={steps!r} must be a whole number >= 0",
+                        "use 0 for one pass over the labelled images per epoch, or e.g. 4 to repeat small subsets")
 
 
 # ============================================================================================ analysis

@@ -66,6 +66,8 @@ def test_bad_grid_names_get_a_suggestion():
         SegmentationStudy().plan(cfg)
     with pytest.raises(UserError, match="label fraction"):
         SegmentationStudy().plan(resolve_config("segmentation", "tiny", ["target.label_fractions=[0, 1]"]))
+    with pytest.raises(UserError, match="min_steps_per_epoch"):
+        SegmentationStudy().plan(resolve_config("segmentation", "tiny", ["target.min_steps_per_epoch=-1"]))
 
 
 def test_epochs_to_95_percent_of_the_final_value():

@@ -34,15 +34,39 @@ def _numpy_blas():
     return _blas
 
 
+_held = False  # True while one_blas_thread() holds numpy's BLAS to one thread for concurrent workers
+
+
 @contextmanager
 def numpy_blas_threads():
-    """Hold numpy's BLAS/LAPACK to torch.get_num_threads() threads inside the block (no-op without threadpoolctl)."""
+    """Hold numpy's BLAS/LAPACK to torch.get_num_threads() threads inside the block (no-op without
+    threadpoolctl, or while one_blas_thread() already holds the limit)."""
     blas = _numpy_blas()
-    if not blas:
+    if not blas or _held:
         yield
         return
     with blas.limit(limits=torch.get_num_threads()):
         yield
+
+
+@contextmanager
+def one_blas_thread():
+    """One BLAS thread per caller inside the block, for products run concurrently from worker threads.
+
+    Enter it from the thread that starts and joins the workers: the limit is process-wide, so nested
+    per-product limits (numpy_blas_threads) from several threads at once would undo each other.
+    """
+    global _held
+    blas = _numpy_blas()
+    if not blas or _held:
+        yield
+        return
+    with blas.limit(limits=1):
+        _held = True
+        try:
+            yield
+        finally:
+            _held = False
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:

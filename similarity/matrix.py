@@ -24,7 +24,7 @@ from similarity._blocks import centre_kernel_, cross_feature_sq, dot64, edges, g
 from similarity._inputs import SimilarityInputError, as_matrix, centre, compute_dtype
 from similarity.cka import _ratio, debias, rbf_kernel
 from similarity.registry import MEASURES, Measure, get_measure
-from similarity.rsa import _comparable, kendall_tau_a
+from similarity.rsa import _comparable, correlate
 
 # Largest total size of the N x N Gram matrices kept at once by the linear CKA planner.
 GRAM_BUDGET_BYTES = 3 * 2**30
@@ -132,8 +132,7 @@ def _rsa_matrix(tensors: list[Tensor], idx_a: list[int], idx_b: list[int], *, co
         for b in idx_b:
             key = (min(a, b), max(a, b))
             if key not in values:
-                pa, pb = prepared[key[0]], prepared[key[1]]
-                values[key] = kendall_tau_a(pa, pb) if compare == "kendall_tau_a" else float(torch.dot(pa, pb))
+                values[key] = correlate(prepared[key[0]], prepared[key[1]], compare)
     return torch.tensor([[values[min(a, b), max(a, b)] for b in idx_b] for a in idx_a], dtype=torch.float64)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,24 +24,25 @@ from torch import Tensor
 
 from similarity._blocks import edges
 from similarity._inputs import as_matrix, as_pair, centre, check_choice, compute_dtype, normalise_rows
-from similarity._matmul import mm
+from similarity._matmul import mm, one_blas_thread
 
 RDM_METRICS = ("correlation", "euclidean", "cosine")
 COMPARISONS = ("spearman", "pearson", "kendall_tau_a")
 
 # Rows of the RDM strip computed per block product.
-_ROW_BLOCK = 1024
-# From this many examples on, rsa_similarity ranks x's and y's RDMs in two threads.
-_THREADED_MIN_N = 500
+_ROW_BLOCK = 512
+# From this many examples on, rsa_similarity builds and ranks x's and y's RDMs in two threads.
+_CONCURRENT_MIN_N = 500
 
 
 def _upper_strips(z: Tensor, transform=None) -> Tensor:
-    """Condensed upper triangle of z z^T (or of transform(a0, a1, strip) applied in float64 to each strip).
+    """Condensed upper triangle of z z^T (or of transform(rows, cols, block) applied in float64 to each block).
 
-    Only the strip right of the diagonal is multiplied (3/4 of a full Gram matrix at N=2,048, tending
-    to half for large N), at most _ROW_BLOCK x N of it exists at a time, and each row's part right of
-    the diagonal is copied straight into the output. Without a transform the result keeps z's dtype (the exact products
-    of the compute dtype); with one it is float64.
+    Rows are taken _ROW_BLOCK at a time: the symmetric diagonal block z_r z_r^T (which BLAS computes as
+    a half-cost symmetric product) and the block right of it, so the products cost about N^2 D in all
+    (half a full Gram matrix) and at most _ROW_BLOCK x N of them exist at a time. Each row's part right of
+    the diagonal is copied straight into the output. Without a transform the result keeps z's dtype
+    (the exact products of the compute dtype); with one it is float64.
     """
     n = z.shape[0]
     out = torch.empty(n * (n - 1) // 2, dtype=z.dtype if transform is None else torch.float64, device=z.device)
@@ -48,17 +50,24 @@ def _upper_strips(z: Tensor, transform=None) -> Tensor:
     flat = out.numpy() if on_cpu else out
     start = 0
     for a0, a1 in edges(n, _ROW_BLOCK):
-        block = mm(z[a0:a1], z[a0:].T)
+        blocks = [(slice(a0, a1), mm(z[a0:a1], z[a0:a1].T))]
+        if a1 < n:
+            blocks.append((slice(a1, n), mm(z[a0:a1], z[a1:].T)))
         if transform is not None:
-            block = transform(a0, a1, block.to(torch.float64))
+            blocks = [(cols, transform(slice(a0, a1), cols, block.to(torch.float64))) for cols, block in blocks]
         if on_cpu:  # plain row copies: no mask, no threads to synchronise
-            rows = block.numpy()
+            (_, diag), *right = [(cols, block.numpy()) for cols, block in blocks]
             for r in range(a1 - a0):
-                stop = start + rows.shape[1] - r - 1
-                flat[start:stop] = rows[r, r + 1:]
+                stop = start + diag.shape[1] - r - 1
+                flat[start:stop] = diag[r, r + 1:]
                 start = stop
+                if right:
+                    stop = start + n - a1
+                    flat[start:stop] = right[0][1][r]
+                    start = stop
         else:
             mask = torch.ones(a1 - a0, n - a0, dtype=torch.bool, device=z.device).triu_(diagonal=1)
+            block = torch.cat([block for _, block in blocks], dim=1)
             stop = start + int(mask.sum())
             torch.masked_select(block, mask, out=flat[start:stop])
             start = stop
@@ -88,8 +97,8 @@ def _rdm_parts(x: Tensor, metric: str, name: str) -> tuple[Tensor, bool]:
     if metric == "euclidean":
         xc, sq = centre(x, dtype, name)
 
-        def to_distance(a0: int, a1: int, g: Tensor) -> Tensor:
-            return (sq[a0:a1, None] + sq[None, a0:] - 2 * g).clamp_(min=0).sqrt_()
+        def to_distance(rows: slice, cols: slice, g: Tensor) -> Tensor:
+            return (sq[rows, None] + sq[None, cols] - 2 * g).clamp_(min=0).sqrt_()
 
         return _upper_strips(xc, to_distance), False
     return _upper_strips(normalise_rows(x, dtype, centre_first=metric == "correlation", name=name)), True
@@ -126,26 +135,35 @@ def _argsort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ordered
 
 
-def _sorted_average_ranks(new_group: np.ndarray) -> np.ndarray:
-    """Average ranks (float64, 1..m) along the sorted order, from the mask of where a new value starts.
-
-    Ranks start as the positions 1..m; only the elements of tied groups are then overwritten with
-    their group's mean, found from the (usually few) positions that repeat their predecessor.
-    """
-    m = new_group.size
-    ranks = np.arange(1, m + 1, dtype=np.float64)
+def _tied_runs(new_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first sorted position, size) of every group of >= 2 equal values, from the new-value mask."""
     repeats = np.flatnonzero(~new_group)  # sorted positions equal to the one before
     if repeats.size == 0:
-        return ranks
+        return repeats, repeats
     run_start = np.empty(repeats.size, dtype=bool)  # a tied group = a run of consecutive repeats
     run_start[0] = True
     np.not_equal(repeats[1:], repeats[:-1] + 1, out=run_start[1:])
     starts = np.flatnonzero(run_start)
-    run_length = np.diff(starts, append=repeats.size)
     first = repeats[starts] - 1  # the group's first member is the position before its first repeat
-    mean_rank = first + (run_length + 2) / 2  # mean of 1-based ranks first+1 .. first+run_length+1
-    ranks[first] = mean_rank
-    ranks[repeats] = np.repeat(mean_rank, run_length)
+    return first, np.diff(starts, append=repeats.size) + 1
+
+
+def _fill_tied_runs(sorted_values: np.ndarray, first: np.ndarray, size: np.ndarray, group_value: np.ndarray) -> None:
+    """Overwrite every member of each tied group (first, size) along the sorted order with its group's value."""
+    members = np.repeat(first - np.cumsum(size, dtype=first.dtype) + size, size) + np.arange(int(size.sum()))
+    sorted_values[members] = np.repeat(group_value, size)
+
+
+def _sorted_average_ranks(new_group: np.ndarray) -> np.ndarray:
+    """Average ranks (float64, 1..m) along the sorted order, from the mask of where a new value starts.
+
+    Ranks start as the positions 1..m; only the elements of tied groups are then overwritten with
+    their group's mean.
+    """
+    ranks = np.arange(1, new_group.size + 1, dtype=np.float64)
+    first, size = _tied_runs(new_group)
+    if first.size:
+        _fill_tied_runs(ranks, first, size, first + (size + 1) / 2)  # mean of ranks first+1 .. first+size
     return ranks
 
 
@@ -170,79 +188,82 @@ def average_ranks(v: Tensor) -> Tensor:
     return torch.from_numpy(ranks)
 
 
-def _standardised_ranks(order: np.ndarray, new_group: np.ndarray) -> np.ndarray:
-    """standardised(average ranks) from a sorting order and its new-value mask, as a float64 array.
+def _centred_ranks(order: np.ndarray, new_group: np.ndarray) -> tuple[np.ndarray, float]:
+    """(c, ||c||): c = 2 x (average rank - mean rank) of each value, in the original order, as integers.
 
-    Average ranks always sum to m(m+1)/2, so the centring is exact; the values are scattered back to
-    the original order last, once.
+    Doubling makes every average rank (a half-integer) and the mean rank exact integers, so c is exact
+    in int32 (half the memory traffic of float64 ranks) and Spearman's rho is <c_a, c_b> / (||c_a|| ||c_b||).
+    Along the sorted order c is 2k + 1 - m, or s + e - m for a tied group spanning positions [s, e).
     """
     m = order.size
-    centred = _sorted_average_ranks(new_group)
-    centred -= (m + 1) / 2
-    norm = math.sqrt(float(np.dot(centred, centred)))
-    if norm > 0:
-        centred /= norm
-    out = np.empty(m, dtype=np.float64)
+    centred = np.arange(1 - m, m, 2, dtype=np.int32 if m < 2**31 else np.int64)
+    first, size = _tied_runs(new_group)
+    if first.size:
+        _fill_tied_runs(centred, first, size, 2 * first + size - m)
+        norm = math.sqrt(float(np.einsum("i,i->", centred, centred, dtype=np.float64)))
+    else:
+        norm = math.sqrt((m**3 - m) // 3)  # sum of (2k + 1 - m)^2 over k < m, exact in Python integers
+    out = np.empty(m, dtype=centred.dtype)
     out[order] = centred
-    return out
+    return out, norm
 
 
-# Similarities t with 0 < |t| < 2^-28 are the only float32 values for which 1 - t rounds in float64.
-_TINY_FLOAT32_BITS = int(np.array(2.0**-28, dtype=np.float32).view(np.int32))
+# Float32 similarities t with |t| below this are the only ones for which 1 - t may round in float64.
+_ROUNDING_BAND = 2.0**-28
 
 
-def _descending_float32_keys(t: np.ndarray) -> np.ndarray | None:
-    """int32 keys that order float32 values from largest to smallest as signed integers, equal iff the
-    values are equal.
-
-    Descending t is ascending 1 - t; for float32 t that map is exact and one to one in float64
-    (rdm()'s values) unless some 0 < |t| < 2^-28, where None is returned. -0.0 and 0.0 share a key.
-    """
-    bits = np.subtract(np.float32(0.0), t).view(np.int32)  # 0 - t orders as -t and has no -0.0
-    magnitude = bits & np.int32(0x7FFFFFFF)
-    magnitude -= np.int32(1)  # now 0 < |t| < 2^-28  <=>  0 <= magnitude < _TINY_FLOAT32_BITS - 1
-    if bool((magnitude.view(np.uint32) < np.uint32(_TINY_FLOAT32_BITS - 1)).any()):
-        return None
-    del magnitude
+def _descending_float32_keys(t: np.ndarray, out: np.ndarray) -> None:
+    """Write int32 keys into out that order float32 values from largest to smallest as signed integers,
+    equal iff the values are equal (-0.0 and 0.0 share a key). out may be a strided view."""
+    np.subtract(np.float32(0.0), t, out=out.view(np.float32))  # 0 - t orders as -t and has no -0.0
     # IEEE bits -> signed integers in the same order: negative floats flip their magnitude bits.
-    bits ^= (bits >> np.int32(31)) & np.int32(0x7FFFFFFF)
-    return bits
+    flip = np.right_shift(out, np.int32(31))
+    np.bitwise_and(flip, np.int32(0x7FFFFFFF), out=flip)
+    np.bitwise_xor(out, flip, out=out)
 
 
 # Positions of the low and high 32-bit words inside an int64, as seen through an int32 view.
 _LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)
 
 
-def _spearman_ranks_float32(t: Tensor) -> np.ndarray | None:
-    """standardised(average ranks of 1 - t) for float32 t on the CPU, or None when the shortcut is not exact.
+def _spearman_ranks_float32(t: Tensor) -> tuple[np.ndarray, float] | None:
+    """_centred_ranks of 1 - t for float32 t on the CPU (None beyond 2^31 values).
 
-    Each value's 32-bit order key is the high word of an int64 whose low word is the value's index,
-    and the int64s are sorted as plain integers (one vectorised sort, no argsort); the sorted order and
-    the sorted keys are then just the two words. Equal values are recognised from the keys, so the
-    ranks, ties included, are exactly those of rdm()'s float64 values 1 - t.
+    Each value's 32-bit order key is written into the high word of an int64 whose low word is the
+    value's index, and the int64s are sorted as plain integers (one vectorised sort, no argsort); the
+    sorted keys and the sorted order are then just the two words (the int64s themselves become the
+    order, so no further large array is allocated). Descending t is ascending 1 - t, and for float32 t
+    that map is exact in float64 (rdm()'s values) except in a narrow band around t = 0, where distinct
+    t may round to the same 1 - t: ties there are decided from the float64 values themselves. So the
+    ranks, ties included, are exactly those of rdm()'s float64 values.
     """
     m = t.numel()
     if m >= 2**31:
         return None
-    keys = _descending_float32_keys(t.numpy())
-    if keys is None:
-        return None
-    packed = np.empty(m, dtype=np.int64)
+    values = t.numpy()
+    packed = np.arange(m, dtype=np.int64)  # low words: the indices; high words: 0 until the keys arrive
     words = packed.view(np.int32).reshape(m, 2)
-    words[:, _HIGH] = keys
-    del keys
-    words[:, _LOW] = np.arange(m, dtype=np.int32)
+    keys = words[:, _HIGH]
+    _descending_float32_keys(values, out=keys)
     packed.sort()
-    order = words[:, _LOW].astype(np.intp)  # contiguous native indices scatter fastest
-    return _standardised_ranks(order, _group_starts(words[:, _HIGH]))
+    new_group = _group_starts(keys)
+    band_edges = np.empty(2, dtype=np.int32)
+    _descending_float32_keys(np.array([_ROUNDING_BAND, -_ROUNDING_BAND], dtype=np.float32), out=band_edges)
+    lo = int(np.searchsorted(keys, band_edges[0], side="right"))
+    hi = int(np.searchsorted(keys, band_edges[1], side="left"))
+    if hi - lo > 1:  # 1 - t in float64 for the (rare) values in the band decides their ties
+        one_minus = 1.0 - values[words[lo:hi, _LOW]].astype(np.float64)
+        np.not_equal(one_minus[1:], one_minus[:-1], out=new_group[lo + 1:hi])
+    np.bitwise_and(packed, np.int64(0xFFFFFFFF), out=packed)  # now the sorted order
+    return _centred_ranks(packed.astype(np.intp, copy=False), new_group)
 
 
-def _spearman_ranks_float64(v: np.ndarray) -> np.ndarray:
-    """standardised(average ranks of v) for float64 values (the general route)."""
+def _spearman_ranks_float64(v: np.ndarray) -> tuple[np.ndarray, float]:
+    """_centred_ranks of float64 values (the general route)."""
     order, ordered = _argsort(v)
     new_group = _group_starts(ordered)
     del ordered
-    return _standardised_ranks(order, new_group)
+    return _centred_ranks(order, new_group)
 
 
 def _standardised_np(v: np.ndarray) -> np.ndarray:
@@ -319,50 +340,69 @@ def compare_rdms(a: Tensor, b: Tensor, compare: str = "spearman") -> float:
     return float(torch.dot(standardised(a), standardised(b)))
 
 
-def _comparable(x: Tensor, metric: str, compare: str, name: str) -> Tensor:
-    """One side's RDM in the form its comparison needs: standardised ranks (Spearman), standardised values
-    (Pearson; then rho is a dot product) or the raw RDM (Kendall)."""
+class Comparable(NamedTuple):
+    """One RDM in the form its comparison needs. Spearman and Pearson: rho(a, b) = <a.values, b.values> /
+    (a.norm b.norm) (integer centred ranks or standardised values); Kendall: the raw RDM (norm unused)."""
+
+    values: Tensor
+    norm: float
+
+
+def _comparable(x: Tensor, metric: str, compare: str, name: str) -> Comparable:
+    """One side's RDM in the form its comparison needs (see Comparable)."""
     return _prepared(*_rdm_parts(x, metric, name), compare)
 
 
-def _prepared(values: Tensor, one_minus: bool, compare: str) -> Tensor:
+def _prepared(values: Tensor, one_minus: bool, compare: str) -> Comparable:
     """_comparable's second half, from _rdm_parts' output (CPU work in numpy, which releases the GIL)."""
-    on_cpu = values.device.type == "cpu"
-    if compare == "spearman" and on_cpu:
+    if compare == "spearman" and values.device.type == "cpu":
         ranks = _spearman_ranks_float32(values) if one_minus and values.dtype == torch.float32 else None
         if ranks is None:
             if one_minus:
                 values = values.to(torch.float64).neg_().add_(1.0)
             ranks = _spearman_ranks_float64(np.ascontiguousarray(values.numpy()))
-        return torch.from_numpy(ranks)
+        return Comparable(torch.from_numpy(ranks[0]), ranks[1])
     if one_minus:
         values = values.to(torch.float64).neg_().add_(1.0)
     if compare == "kendall_tau_a":
-        return values
-    return standardised(average_ranks(values) if compare == "spearman" else values)
+        return Comparable(values, 1.0)
+    return Comparable(standardised(average_ranks(values) if compare == "spearman" else values), 1.0)
+
+
+def correlate(a: Comparable, b: Comparable, compare: str) -> float:
+    """The second-level correlation of two Comparables (0 when either RDM is constant)."""
+    if compare == "kendall_tau_a":
+        return kendall_tau_a(a.values, b.values)
+    if a.norm == 0 or b.norm == 0:
+        return 0.0
+    if a.values.device.type == "cpu":
+        inner = float(np.einsum("i,i->", a.values.numpy(), b.values.numpy(), dtype=np.float64))
+    else:
+        inner = float(torch.dot(a.values.to(torch.float64), b.values.to(torch.float64)))
+    return inner / (a.norm * b.norm)
 
 
 def rsa_similarity(x: Tensor, y: Tensor, *, rdm_metric: str = "correlation",
                    compare: str = "spearman") -> float:
     """RSA similarity of two representations of the same examples: correlation of their RDMs (1 = same).
 
-    The two RDMs are built one after the other (each product uses every core); for large N their
-    rankings then run in two threads (numpy's sorts release the GIL).
+    For large N on a CPU with several threads, x's and y's RDMs are built and ranked in two threads at
+    once, one BLAS thread each (the products, numpy's sorts and scatters all release the GIL): that keeps
+    both cores busy where one threaded product after the other cannot.
     """
     check_choice("RDM metric", rdm_metric, RDM_METRICS)
     check_choice("RDM comparison", compare, COMPARISONS)
     x, y = as_pair(x, y, min_examples=3)
-    parts_x, parts_y = _rdm_parts(x, rdm_metric, "x"), _rdm_parts(y, rdm_metric, "y")
-    if x.shape[0] >= _THREADED_MIN_N and compare == "spearman":
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            future = pool.submit(_prepared, *parts_y, compare)
-            a = _prepared(*parts_x, compare)
+    concurrent = (x.shape[0] >= _CONCURRENT_MIN_N and compare == "spearman" and x.device.type == "cpu"
+                  and torch.get_num_threads() > 1)
+    if concurrent:
+        with one_blas_thread(), ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(_comparable, y, rdm_metric, compare, "y")
+            a = _comparable(x, rdm_metric, compare, "x")
             b = future.result()
     else:
-        a, b = _prepared(*parts_x, compare), _prepared(*parts_y, compare)
-    if compare == "kendall_tau_a":
-        return kendall_tau_a(a, b)
-    return float(np.dot(a.numpy(), b.numpy())) if a.device.type == "cpu" else float(torch.dot(a, b))
+        a, b = _comparable(x, rdm_metric, compare, "x"), _comparable(y, rdm_metric, compare, "y")
+    return correlate(a, b, compare)
 
 
 def rsa_dissimilarity(x: Tensor, y: Tensor, *, rdm_metric: str = "correlation",

@@ -111,14 +111,21 @@ def test_spearman_of_float32_input_ranks_exactly_the_float64_values_rdm_returns(
 def test_float32_rank_shortcut_matches_the_ranks_of_one_minus_the_values(values):
     t = torch.tensor(values, dtype=torch.float32)
     expected = standardised(torch.from_numpy(stats.rankdata(1.0 - t.double().numpy())))
-    np.testing.assert_allclose(_spearman_ranks_float32(t), expected.numpy(), rtol=0, atol=1e-12)
+    centred, norm = _spearman_ranks_float32(t)
+    np.testing.assert_allclose(centred / norm if norm else centred, expected.numpy(), rtol=0, atol=1e-12)
 
 
-def test_float32_rank_shortcut_declines_values_where_one_minus_t_rounds_in_float64():
-    # 1 - 1e-12 and 1 - 2e-12 are distinct in float64 but 1 - 1e-20 rounds to 1: ranks of float32 keys
-    # could differ from the ranks of rdm()'s values, so the general float64 route is taken instead.
-    assert _spearman_ranks_float32(torch.tensor([0.5, 1e-20, 0.25], dtype=torch.float32)) is None
-    assert _spearman_ranks_float32(torch.tensor([0.5, 2.0**-28, 0.25], dtype=torch.float32)) is not None
+@FAST
+@given(st.lists(st.sampled_from([0.5, -0.25, 0.0, -0.0, 1e-20, 2e-20, -1e-20, 1e-12, 2.0**-28, -(2.0**-28),
+                                 2.0**-29, 2.0**-30 + 2.0**-53, -(2.0**-30), 3e-9, 3.0000002e-9]),
+                min_size=2, max_size=60))
+def test_float32_rank_shortcut_is_exact_where_one_minus_t_rounds_in_float64(values):
+    # Near t = 0 distinct float32 values can give the same float64 1 - t (1 - 1e-20 == 1 - 2e-20 == 1):
+    # those must tie, as they do in rdm()'s values.
+    t = torch.tensor(values, dtype=torch.float32)
+    expected = standardised(torch.from_numpy(stats.rankdata(1.0 - t.double().numpy())))
+    centred, norm = _spearman_ranks_float32(t)
+    np.testing.assert_allclose(centred / norm if norm else centred, expected.numpy(), rtol=0, atol=1e-12)
 
 
 def test_unknown_metric_or_comparison_suggests_the_right_name():

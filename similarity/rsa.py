@@ -45,9 +45,13 @@ def _upper_strips(z: Tensor, transform=None) -> Tensor:
     (the exact products of the compute dtype); with one it is float64.
     """
     n = z.shape[0]
-    out = torch.empty(n * (n - 1) // 2, dtype=z.dtype if transform is None else torch.float64, device=z.device)
+    dtype = z.dtype if transform is None else torch.float64
     on_cpu = z.device.type == "cpu"
-    flat = out.numpy() if on_cpu else out
+    if on_cpu:  # numpy asks the kernel for huge pages for large arrays: far fewer page faults than torch.empty
+        flat = np.empty(n * (n - 1) // 2, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+        out = torch.from_numpy(flat)
+    else:
+        out = flat = torch.empty(n * (n - 1) // 2, dtype=dtype, device=z.device)
     start = 0
     for a0, a1 in edges(n, _ROW_BLOCK):
         blocks = [(slice(a0, a1), mm(z[a0:a1], z[a0:a1].T))]

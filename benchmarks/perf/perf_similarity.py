@@ -12,7 +12,9 @@ Cases (float32 representations, y a noisy nonlinear read-out of post-ReLU-like x
   Kornblith's feature or Gram form, whichever is cheaper for the pair); quick: N=1,000, widths 16..1,024.
 - "rsa N=2000 D=..": correlation RDM + Spearman vs rsatoolbox (calc_rdm + compare).
 Errors are absolute differences from a float64 reference of the same estimator on the same data.
-Peak memory is the largest resident-set growth seen during the call (sampled every 2 ms).
+Peak memory is the largest resident-set growth seen during the call (sampled every 2 ms from a thread,
+which costs CPU time): with repeats > 1 that first call is an untimed warm-up and the time is the
+median of the repeats that follow.
 """
 
 from __future__ import annotations
@@ -63,19 +65,21 @@ def _peak_extra_mb(fn: Callable[[], object]) -> tuple[object, float]:
 
 def _measure(impl: str, case: str, fn: Callable[[], float], reference: float | None, repeats: int,
              note: str = "") -> dict:
-    times, value, peak = [], None, 0.0
-    for i in range(repeats):
-        start = time.perf_counter()
-        if i == 0:
-            value, peak = _peak_extra_mb(fn)
-        else:
+    start = time.perf_counter()
+    value, peak = _peak_extra_mb(fn)  # a first call with memory polling (which costs CPU time) ...
+    times = [time.perf_counter() - start]
+    if repeats > 1:  # ... is a warm-up when the call is timed again
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
             value = fn()
-        times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
     row = dict(topic=TOPIC, case=case, impl=impl, seconds=statistics.median(times), peak_mb=round(peak, 1))
     if reference is not None and value is not None:
         row["error"] = abs(float(value) - reference)
     if note or repeats > 1:
-        row["note"] = (note + "; " if note else "") + f"median of {repeats}"
+        row["note"] = (note + "; " if note else "") + (f"median of {repeats} after a warm-up" if repeats > 1
+                                                      else "one call")
     return row
 
 

@@ -35,39 +35,43 @@ _ROW_BLOCK = 512
 _CONCURRENT_MIN_N = 500
 
 
-def _upper_strips(z: Tensor, transform=None) -> Tensor:
-    """Condensed upper triangle of z z^T (or of transform(rows, cols, block) applied in float64 to each block).
+def _upper_strips(z: Tensor, transform=None, out: np.ndarray | None = None) -> Tensor | np.ndarray:
+    """Condensed upper triangle of z z^T, or of transform(rows, cols, block) applied to each block of it.
 
     Rows are taken _ROW_BLOCK at a time: the symmetric diagonal block z_r z_r^T (which BLAS computes as
     a half-cost symmetric product) and the block right of it, so the products cost about N^2 D in all
     (half a full Gram matrix) and at most _ROW_BLOCK x N of them exist at a time. Each row's part right of
-    the diagonal is copied straight into the output. Without a transform the result keeps z's dtype
-    (the exact products of the compute dtype); with one it is float64.
+    the diagonal is copied straight into the output: a new tensor (z's dtype without a transform, the
+    exact products of the compute dtype; float64 with one), or `out`, a 1-D numpy array (CPU only, may
+    be a strided view) of the transform's dtype.
     """
     n = z.shape[0]
-    dtype = z.dtype if transform is None else torch.float64
     on_cpu = z.device.type == "cpu"
-    if on_cpu:  # numpy asks the kernel for huge pages for large arrays: far fewer page faults than torch.empty
-        flat = np.empty(n * (n - 1) // 2, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-        out = torch.from_numpy(flat)
+    if out is not None:
+        result = flat = out
+    elif on_cpu:  # numpy asks the kernel for huge pages for large arrays: far fewer page faults than torch.empty
+        dtype = np.float64 if transform is not None else z.numpy().dtype
+        flat = np.empty(n * (n - 1) // 2, dtype=dtype)
+        result = torch.from_numpy(flat)
     else:
-        out = flat = torch.empty(n * (n - 1) // 2, dtype=dtype, device=z.device)
+        dtype = z.dtype if transform is None else torch.float64
+        result = flat = torch.empty(n * (n - 1) // 2, dtype=dtype, device=z.device)
     start = 0
     for a0, a1 in edges(n, _ROW_BLOCK):
         blocks = [(slice(a0, a1), mm(z[a0:a1], z[a0:a1].T))]
         if a1 < n:
             blocks.append((slice(a1, n), mm(z[a0:a1], z[a1:].T)))
         if transform is not None:
-            blocks = [(cols, transform(slice(a0, a1), cols, block.to(torch.float64))) for cols, block in blocks]
+            blocks = [(cols, transform(slice(a0, a1), cols, block)) for cols, block in blocks]
         if on_cpu:  # plain row copies: no mask, no threads to synchronise
-            (_, diag), *right = [(cols, block.numpy()) for cols, block in blocks]
+            diag, *right = [block.numpy() if isinstance(block, Tensor) else block for _, block in blocks]
             for r in range(a1 - a0):
                 stop = start + diag.shape[1] - r - 1
                 flat[start:stop] = diag[r, r + 1:]
                 start = stop
                 if right:
                     stop = start + n - a1
-                    flat[start:stop] = right[0][1][r]
+                    flat[start:stop] = right[0][r]
                     start = stop
         else:
             mask = torch.ones(a1 - a0, n - a0, dtype=torch.bool, device=z.device).triu_(diagonal=1)
@@ -75,7 +79,7 @@ def _upper_strips(z: Tensor, transform=None) -> Tensor:
             stop = start + int(mask.sum())
             torch.masked_select(block, mask, out=flat[start:stop])
             start = stop
-    return out
+    return result
 
 
 def rdm(x: Tensor, metric: str = "correlation") -> Tensor:
@@ -87,12 +91,10 @@ def rdm(x: Tensor, metric: str = "correlation") -> Tensor:
     return _rdm(x, metric, "x")
 
 
-def _rdm_parts(x: Tensor, metric: str, name: str) -> tuple[Tensor, bool]:
-    """(t, one_minus): the RDM is 1 - t (t: similarities in the compute dtype) when one_minus, else t itself.
-
-    "correlation" and "cosine" are 1 - (a product of unit rows): keeping the product in its compute
-    dtype lets Spearman rank float32 values exactly (see _spearman_ranks_float32).
-    """
+def _rdm_rows(x: Tensor, metric: str, name: str) -> tuple[Tensor, object]:
+    """(z, transform): the RDM is _upper_strips(z, transform); transform None stands for "correlation" and
+    "cosine", whose RDM is 1 - z z^T of unit rows z (kept as the products t = z z^T in the compute dtype,
+    which lets Spearman rank float32 values exactly, see _ranks_of_float32_keys)."""
     check_choice("RDM metric", metric, RDM_METRICS)
     x = as_matrix(x, name)
     if x.shape[0] < 2:
@@ -102,10 +104,16 @@ def _rdm_parts(x: Tensor, metric: str, name: str) -> tuple[Tensor, bool]:
         xc, sq = centre(x, dtype, name)
 
         def to_distance(rows: slice, cols: slice, g: Tensor) -> Tensor:
-            return (sq[rows, None] + sq[None, cols] - 2 * g).clamp_(min=0).sqrt_()
+            return (sq[rows, None] + sq[None, cols] - 2 * g.to(torch.float64)).clamp_(min=0).sqrt_()
 
-        return _upper_strips(xc, to_distance), False
-    return _upper_strips(normalise_rows(x, dtype, centre_first=metric == "correlation", name=name)), True
+        return xc, to_distance
+    return normalise_rows(x, dtype, centre_first=metric == "correlation", name=name), None
+
+
+def _rdm_parts(x: Tensor, metric: str, name: str) -> tuple[Tensor, bool]:
+    """(t, one_minus): the RDM is 1 - t (t: similarities in the compute dtype) when one_minus, else t itself."""
+    z, transform = _rdm_rows(x, metric, name)
+    return _upper_strips(z, transform), transform is None
 
 
 def _rdm(x: Tensor, metric: str, name: str) -> Tensor:
@@ -216,50 +224,87 @@ def _centred_ranks(order: np.ndarray, new_group: np.ndarray) -> tuple[np.ndarray
 _ROUNDING_BAND = 2.0**-28
 
 
-def _descending_float32_keys(t: np.ndarray, out: np.ndarray) -> None:
-    """Write int32 keys into out that order float32 values from largest to smallest as signed integers,
-    equal iff the values are equal (-0.0 and 0.0 share a key). out may be a strided view."""
+def _descending_float32_keys(t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int32 keys that order float32 values from largest to smallest as signed integers, equal iff the
+    values are equal (-0.0 and 0.0 share a key); written into out (which may be a strided view) if given."""
+    if out is None:
+        out = np.empty(t.shape, dtype=np.int32)
     np.subtract(np.float32(0.0), t, out=out.view(np.float32))  # 0 - t orders as -t and has no -0.0
-    # IEEE bits -> signed integers in the same order: negative floats flip their magnitude bits.
-    flip = np.right_shift(out, np.int32(31))
+    _flip_negative_magnitudes(out)
+    return out
+
+
+def _flip_negative_magnitudes(bits: np.ndarray) -> None:
+    """IEEE float32 bits <-> signed integers in the same order: negative floats flip their magnitude bits.
+
+    The map is its own inverse, which is how _float32_values_of_keys recovers values from keys."""
+    flip = np.right_shift(bits, np.int32(31))
     np.bitwise_and(flip, np.int32(0x7FFFFFFF), out=flip)
-    np.bitwise_xor(out, flip, out=out)
+    np.bitwise_xor(bits, flip, out=bits)
+
+
+def _float32_values_of_keys(keys: np.ndarray) -> np.ndarray:
+    """The float32 values t that _descending_float32_keys turned into these keys (0.0 for -0.0)."""
+    bits = np.array(keys, dtype=np.int32)
+    _flip_negative_magnitudes(bits)
+    return np.negative(bits.view(np.float32))
 
 
 # Positions of the low and high 32-bit words inside an int64, as seen through an int32 view.
 _LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)
 
 
-def _spearman_ranks_float32(t: Tensor) -> tuple[np.ndarray, float] | None:
-    """_centred_ranks of 1 - t for float32 t on the CPU (None beyond 2^31 values).
+def _indexed_key_slots(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(packed, keys): m int64s whose low words hold their own index 0..m-1, and the view of their high
+    words, where the caller writes each value's 32-bit order key."""
+    packed = np.arange(m, dtype=np.int64)
+    return packed, packed.view(np.int32).reshape(m, 2)[:, _HIGH]
 
-    Each value's 32-bit order key is written into the high word of an int64 whose low word is the
-    value's index, and the int64s are sorted as plain integers (one vectorised sort, no argsort); the
-    sorted keys and the sorted order are then just the two words (the int64s themselves become the
-    order, so no further large array is allocated). Descending t is ascending 1 - t, and for float32 t
-    that map is exact in float64 (rdm()'s values) except in a narrow band around t = 0, where distinct
-    t may round to the same 1 - t: ties there are decided from the float64 values themselves. So the
-    ranks, ties included, are exactly those of rdm()'s float64 values.
+
+def _ranks_of_float32_keys(packed: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, float]:
+    """_centred_ranks of the values 1 - t in float64, from _indexed_key_slots filled with the keys of t.
+
+    The int64s are sorted as plain integers (one vectorised sort, no argsort); the sorted keys and the
+    sorted order are then just their two words, and the int64s themselves become the order (no further
+    large array). Descending t is ascending 1 - t, and for float32 t that map is exact in float64
+    (rdm()'s values) except in a narrow band around t = 0, where distinct t may round to the same 1 - t:
+    ties there are decided from the float64 values themselves. So the ranks, ties included, are exactly
+    those of rdm()'s float64 values.
     """
-    m = t.numel()
-    if m >= 2**31:
-        return None
-    values = t.numpy()
-    packed = np.arange(m, dtype=np.int64)  # low words: the indices; high words: 0 until the keys arrive
-    words = packed.view(np.int32).reshape(m, 2)
-    keys = words[:, _HIGH]
-    _descending_float32_keys(values, out=keys)
     packed.sort()
     new_group = _group_starts(keys)
-    band_edges = np.empty(2, dtype=np.int32)
-    _descending_float32_keys(np.array([_ROUNDING_BAND, -_ROUNDING_BAND], dtype=np.float32), out=band_edges)
+    band_edges = _descending_float32_keys(np.array([_ROUNDING_BAND, -_ROUNDING_BAND], dtype=np.float32))
     lo = int(np.searchsorted(keys, band_edges[0], side="right"))
     hi = int(np.searchsorted(keys, band_edges[1], side="left"))
     if hi - lo > 1:  # 1 - t in float64 for the (rare) values in the band decides their ties
-        one_minus = 1.0 - values[words[lo:hi, _LOW]].astype(np.float64)
+        one_minus = 1.0 - _float32_values_of_keys(keys[lo:hi]).astype(np.float64)
         np.not_equal(one_minus[1:], one_minus[:-1], out=new_group[lo + 1:hi])
     np.bitwise_and(packed, np.int64(0xFFFFFFFF), out=packed)  # now the sorted order
     return _centred_ranks(packed.astype(np.intp, copy=False), new_group)
+
+
+def _spearman_ranks_float32(t: Tensor) -> tuple[np.ndarray, float] | None:
+    """_centred_ranks of 1 - t for a flat float32 t on the CPU (None beyond 2^31 values)."""
+    if t.numel() >= 2**31:
+        return None
+    packed, keys = _indexed_key_slots(t.numel())
+    _descending_float32_keys(t.numpy(), out=keys)
+    return _ranks_of_float32_keys(packed, keys)
+
+
+def _spearman_ranks_of_unit_rows(z: Tensor) -> tuple[np.ndarray, float] | None:
+    """_centred_ranks of the RDM 1 - z z^T of float32 unit rows z on the CPU (None beyond 2^31 values).
+
+    The same as _spearman_ranks_float32 of the condensed products, but each block of products is turned
+    into keys while it is fresh and copied straight into the sort's slots: no separate RDM array.
+    """
+    n = z.shape[0]
+    m = n * (n - 1) // 2
+    if m >= 2**31:
+        return None
+    packed, keys = _indexed_key_slots(m)
+    _upper_strips(z, lambda rows, cols, block: _descending_float32_keys(block.numpy()), out=keys)
+    return _ranks_of_float32_keys(packed, keys)
 
 
 def _spearman_ranks_float64(v: np.ndarray) -> tuple[np.ndarray, float]:
@@ -354,7 +399,12 @@ class Comparable(NamedTuple):
 
 def _comparable(x: Tensor, metric: str, compare: str, name: str) -> Comparable:
     """One side's RDM in the form its comparison needs (see Comparable)."""
-    return _prepared(*_rdm_parts(x, metric, name), compare)
+    z, transform = _rdm_rows(x, metric, name)
+    if compare == "spearman" and transform is None and z.device.type == "cpu" and z.dtype == torch.float32:
+        ranks = _spearman_ranks_of_unit_rows(z)
+        if ranks is not None:
+            return Comparable(torch.from_numpy(ranks[0]), ranks[1])
+    return _prepared(_upper_strips(z, transform), transform is None, compare)
 
 
 def _prepared(values: Tensor, one_minus: bool, compare: str) -> Comparable:

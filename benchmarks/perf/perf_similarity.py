@@ -10,7 +10,8 @@ Cases (float32 representations, y a noisy nonlinear read-out of post-ReLU-like x
   unbiased HSIC; only at N=2,000: its trace(K @ L) costs N^3).
 - "layers 8x8 N=5000": an 8 x 8 layer matrix (widths 64..4,096) vs looping the fastest exact peer (numpy,
   Kornblith's feature or Gram form, whichever is cheaper for the pair); quick: N=1,000, widths 16..1,024.
-- "rsa N=2000 D=..": correlation RDM + Spearman vs rsatoolbox (calc_rdm + compare).
+- "rsa N=2000 D=..": correlation RDM + Spearman vs rsatoolbox (calc_rdm + compare), with every core and
+  (", 1 thread") with torch and BLAS held to one thread, where our two RDMs are built one after the other.
 Errors are absolute differences from a float64 reference of the same estimator on the same data.
 Peak memory is the largest resident-set growth seen during the call (sampled every 2 ms from a thread,
 which costs CPU time): with repeats > 1 that first call is an untimed warm-up and the time is the
@@ -266,7 +267,24 @@ def layer_matrix_rows(n: int = 5000, widths: tuple[int, ...] = LAYER_WIDTHS) -> 
     return [row_ours, row_loop]
 
 
-def rsa_rows(n: int, d: int) -> list[dict]:
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """torch and every BLAS held to `count` threads inside the block (None: leave them as they are)."""
+    if count is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def rsa_rows(n: int, d: int, threads: int | None = None) -> list[dict]:
     import rsatoolbox
     from scipy.spatial.distance import pdist
     from scipy.stats import spearmanr
@@ -283,7 +301,7 @@ def rsa_rows(n: int, d: int) -> list[dict]:
         rdm_y = rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(yn), method="correlation")
         return float(rsatoolbox.rdm.compare(rdm_x, rdm_y, method="spearman").item())
 
-    case = f"rsa N={n} D={d}"
+    case = f"rsa N={n} D={d}" + (f", {threads} thread{'s' * (threads > 1)}" if threads else "")
     values: dict[str, float] = {}
 
     def ours() -> float:
@@ -294,9 +312,10 @@ def rsa_rows(n: int, d: int) -> list[dict]:
         values["rsatoolbox"] = toolbox()
         return values["rsatoolbox"]
 
-    row_ours = _measure("ours", case, ours, ref, 3, "1 - Pearson RDM (float32 products), Spearman")
-    row_toolbox = _measure("rsatoolbox", case, theirs, ref, 3,
-                           "calc_rdm(correlation) + compare(spearman); float32 data stay float32 in its RDM")
+    with _threads(threads):
+        row_ours = _measure("ours", case, ours, ref, 3, "1 - Pearson RDM (float32 products), Spearman")
+        row_toolbox = _measure("rsatoolbox", case, theirs, ref, 3,
+                               "calc_rdm(correlation) + compare(spearman); float32 data stay float32 in its RDM")
     row_ours["note"] += f"; |ours - rsatoolbox| = {abs(values['ours'] - values['rsatoolbox']):.1e}"
     return [row_ours, row_toolbox]
 
@@ -308,6 +327,7 @@ def run(quick: bool = False) -> list[dict]:
     for n, d in sizes:
         rows += linear_rows(n, d)
     rows += rsa_rows(2000, 512)
+    rows += rsa_rows(2000, 512, threads=1)  # rsatoolbox uses one core; so do we here
     if quick:
         rows += layer_matrix_rows(1000, tuple(w // 4 for w in LAYER_WIDTHS))
     else:

@@ -128,6 +128,27 @@ def test_float32_rank_shortcut_is_exact_where_one_minus_t_rounds_in_float64(valu
     np.testing.assert_allclose(centred / norm if norm else centred, expected.numpy(), rtol=0, atol=1e-12)
 
 
+def test_large_n_builds_both_sides_at_once_with_the_one_thread_value_and_restores_the_blas_threads():
+    """From 500 examples the two RDMs are built and ranked in two threads, one BLAS thread each: the value
+    must be exactly the one-thread value, ranks and ties exactly those of rdm() at one thread (BLAS may
+    round float32 products differently with another thread count), and the BLAS limit must be given back."""
+    from threadpoolctl import threadpool_info
+
+    x, y = (t.float() for t in related_pair(600, seed=3))
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    concurrent = rsa_similarity(x, y)
+    assert [lib["num_threads"] for lib in threadpool_info()] == before
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_after_the_other = rsa_similarity(x, y)
+        expected = float(stats.spearmanr(rdm(x).numpy(), rdm(y).numpy()).statistic)
+    finally:
+        torch.set_num_threads(threads)
+    assert concurrent == one_after_the_other
+    assert concurrent == pytest.approx(expected, abs=1e-12)
+
+
 def test_unknown_metric_or_comparison_suggests_the_right_name():
     x = gaussian(5, 3, 0)
     with pytest.raises(UnknownNameError, match="Did you mean 'correlation'"):

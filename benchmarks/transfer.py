@@ -83,6 +83,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         if len(source_seeds(cfg, name)) < 2:
             raise UserError(f"source {name} has fewer than 2 seeds; P-T vs R-T needs two independent runs "
                             "per arm", "list at least two seeds (three for confidence intervals)")
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UserError(f"threads={threads!r} must be a whole number >= 1 (intra-op threads per run) or null "
+                        "(torch's default)", "set threads: 1 (fastest on a shared CPU) or threads: null")
     if cfg["findings"].get("barrier_metric") not in ("error", "loss"):
         raise unknown_name("findings.barrier_metric", str(cfg["findings"].get("barrier_metric")), ("error", "loss"))
     for group in ("analysis", "checkpoints"):

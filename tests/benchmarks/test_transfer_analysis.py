@@ -78,6 +78,8 @@ def test_a_module_rewound_to_its_own_start_is_not_critical():
     ("sources.fmnist.block_sizes=[1, 2]", "add 28"),
     ("seeds=[0]", "two independent runs"),
     ("analysis.sources=[imagenet]", "use_sources"),
+    ("threads=auto", "whole number >= 1"),
+    ("threads=0", "whole number >= 1"),
 ])
 def test_configs_that_cannot_work_fail_with_the_fix(override, message):
     cfg = resolve_config("transfer", "smoke", [override])

@@ -283,20 +283,11 @@ def _ranks_of_float32_keys(packed: np.ndarray, keys: np.ndarray) -> tuple[np.nda
     return _centred_ranks(packed.astype(np.intp, copy=False), new_group)
 
 
-def _spearman_ranks_float32(t: Tensor) -> tuple[np.ndarray, float] | None:
-    """_centred_ranks of 1 - t for a flat float32 t on the CPU (None beyond 2^31 values)."""
-    if t.numel() >= 2**31:
-        return None
-    packed, keys = _indexed_key_slots(t.numel())
-    _descending_float32_keys(t.numpy(), out=keys)
-    return _ranks_of_float32_keys(packed, keys)
-
-
 def _spearman_ranks_of_unit_rows(z: Tensor) -> tuple[np.ndarray, float] | None:
     """_centred_ranks of the RDM 1 - z z^T of float32 unit rows z on the CPU (None beyond 2^31 values).
 
-    The same as _spearman_ranks_float32 of the condensed products, but each block of products is turned
-    into keys while it is fresh and copied straight into the sort's slots: no separate RDM array.
+    Each block of products is turned into keys while it is fresh and copied straight into the sort's
+    slots: no separate RDM array.
     """
     n = z.shape[0]
     m = n * (n - 1) // 2
@@ -409,15 +400,11 @@ def _comparable(x: Tensor, metric: str, compare: str, name: str) -> Comparable:
 
 def _prepared(values: Tensor, one_minus: bool, compare: str) -> Comparable:
     """_comparable's second half, from _rdm_parts' output (CPU work in numpy, which releases the GIL)."""
-    if compare == "spearman" and values.device.type == "cpu":
-        ranks = _spearman_ranks_float32(values) if one_minus and values.dtype == torch.float32 else None
-        if ranks is None:
-            if one_minus:
-                values = values.to(torch.float64).neg_().add_(1.0)
-            ranks = _spearman_ranks_float64(np.ascontiguousarray(values.numpy()))
-        return Comparable(torch.from_numpy(ranks[0]), ranks[1])
     if one_minus:
         values = values.to(torch.float64).neg_().add_(1.0)
+    if compare == "spearman" and values.device.type == "cpu":
+        ranks = _spearman_ranks_float64(np.ascontiguousarray(values.numpy()))
+        return Comparable(torch.from_numpy(ranks[0]), ranks[1])
     if compare == "kendall_tau_a":
         return Comparable(values, 1.0)
     return Comparable(standardised(average_ranks(values) if compare == "spearman" else values), 1.0)

@@ -15,10 +15,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from benchmarks.errors import UserError
-from benchmarks.quiet import silence_known_noise
+from benchmarks.core.errors import UserError, unknown_name
+from benchmarks.core.quiet import silence_known_noise
 
 USER_ERRORS = (UserError, FileNotFoundError, ValueError, KeyError)
+COMMANDS = ("run", "rerun", "report", "status", "slurm")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks.registry import STUDIES
+    from benchmarks.core.registry import STUDIES
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.registry import STUDIES, _extra_studies
+    from benchmarks.core.registry import STUDIES, _extra_studies
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and (argv[0] in STUDIES or argv[0] in _extra_studies()):
         argv.insert(0, "run")
+    elif argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        err = unknown_name("study or command", argv[0], [*STUDIES, *_extra_studies(), *COMMANDS])
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     silence_known_noise()
     if getattr(args, "wandb", None):
@@ -94,22 +99,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from benchmarks import runner
-    from benchmarks.config import dump
+    from benchmarks.core import runner
+    from benchmarks.core.config import apply_overrides, check_not_shadowed, dump, load_yaml
+    from benchmarks.core.registry import check_study, get_study
 
     if args.command == "rerun":
-        from benchmarks.rerun import rerun
+        from benchmarks.core.rerun import rerun
 
         return rerun(args.run_dir, args.results)
-    from benchmarks.registry import check_study
-
     check_study(args.study)
     if args.config is not None:
-        from benchmarks.config import apply_overrides, load_yaml
-
         cfg = apply_overrides(load_yaml(args.config), args.overrides)
     else:
         cfg = runner.resolve_config(args.study, args.profile, args.overrides, args.data_root)
+    check_not_shadowed(args.overrides, get_study(args.study).shadows(cfg))
     launch = runner.Launch(results=args.results, devices=_devices(args.devices), num_nodes=args.num_nodes,
                            accelerator=args.accelerator, strategy=args.strategy, stage=args.stage,
                            keys=tuple(k for k in args.keys.split(",") if k))
@@ -119,18 +122,18 @@ def dispatch(args: argparse.Namespace) -> int:
             return 0
         return runner.run_benchmark(args.study, cfg, launch)
     if args.command == "report":
-        from benchmarks.registry import get_study
-        from benchmarks.runstore import RunStore
+        from benchmarks.core.pipeline import publish
+        from benchmarks.core.runstore import RunStore
 
-        path = get_study(args.study).report(cfg, RunStore(args.study, args.results))
-        print(f"report: {path}")
+        published = publish(get_study(args.study), cfg, RunStore(args.study, args.results))
+        print(f"report: {published.report}\nfindings: {published.findings_json}")
         return 0
     if args.command == "status":
-        from benchmarks.status import print_status
+        from benchmarks.core.status import print_status
 
         return print_status(args.study, cfg, launch)
     if args.command == "slurm":
-        from benchmarks.slurm import submit_benchmark
+        from benchmarks.core.slurm import submit_benchmark
 
         return submit_benchmark(args, cfg, launch)
     raise AssertionError(args.command)

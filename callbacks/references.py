@@ -12,9 +12,9 @@ from typing import Any, TypeAlias
 import torch
 from torch import nn
 
+from analysis.states import StateSource, detached_copy, load_into, load_state
 from callbacks.errors import CallbackConfigError, did_you_mean
 from callbacks.run_outputs import read_arrays
-from callbacks.states import StateSource, detached_copy, load_into, load_state
 
 
 @dataclass(frozen=True)

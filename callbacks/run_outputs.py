@@ -1,8 +1,9 @@
 """Where callback results go: atomic files in the run directory and, when present, the W&B run.
 
 One place decides three things for every callback: which process writes (global rank 0 only), how
-files are written (temp file in the same directory, then ``os.replace``, so a reader never sees a
-half-written file), and how W&B is reached (the run behind a ``WandbLogger`` among ``trainer.loggers``).
+files are written (``analysis.files.atomic_write``: temp file in the same directory, then
+``os.replace``, so a reader never sees a half-written file), and how W&B is reached (the run behind a
+``WandbLogger`` among ``trainer.loggers``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from analysis.files import atomic_write
 
 
 def find_wandb_run(trainer: Any) -> Any | None:
@@ -30,21 +32,6 @@ def find_wandb_run(trainer: Any) -> Any | None:
         if isinstance(logger, WandbLogger):
             return logger.experiment
     return None
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, so atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def json_safe(value: Any) -> Any:

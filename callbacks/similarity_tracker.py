@@ -25,14 +25,8 @@ from callbacks.plots import curves_figure, heatmap_figure
 from callbacks.references import Reference, StartReference, as_reference, reference_representations
 from callbacks.run_outputs import RunOutputs
 from callbacks.snapshot import RepresentationSnapshot, Snapshot
-from similarity import MEASURES, get_measure, similarity_matrix
+from similarity import MEASURES, PREPARED_MEASURES, PreparedReference, get_measure, prepare_reference, similarity_matrix
 from similarity import Measure as RegisteredMeasure
-
-try:  # reference layers prepared once per fit (built on similarity/'s internals; see prepared_cka)
-    from callbacks.prepared_cka import MEASURES as PREPARED_MEASURES
-    from callbacks.prepared_cka import PreparedLinearCKA
-except ImportError:  # similarity/ reorganised its internals: fall back to similarity_matrix every time
-    PREPARED_MEASURES, PreparedLinearCKA = (), None  # type: ignore[assignment,misc]
 
 Measure = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -88,7 +82,7 @@ class SimilarityTracker(Callback):
         self.matrices: dict[str, dict[str, Any]] = {}
         self._outputs: RunOutputs | None = None
         self._last_matrices: tuple[Snapshot, dict[str, Any]] | None = None
-        self._prepared: tuple[tuple, Any] | None = None  # (reference key, PreparedLinearCKA)
+        self._prepared: tuple[tuple, PreparedReference] | None = None  # (reference key, prepared)
 
     # -- wiring ------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -130,8 +124,8 @@ class SimilarityTracker(Callback):
         With a registry measure, one ``similarity_matrix`` call covers every reference: each layer is
         prepared once (e.g. its Gram matrix), after which the cross pairs cost little, so the full
         matrices come almost for free. With linear CKA (the default) the reference layers are prepared
-        once per fit instead of once per snapshot (``PreparedLinearCKA``, same values). A custom callable
-        is only called on same-layer pairs unless ``full``.
+        once per fit instead of once per snapshot (``similarity.prepare_reference``, same values). A custom
+        callable is only called on same-layer pairs unless ``full``.
         """
         current = {k: as_matrix(v) for k, v in snapshot.representations.items()}
         if self._named_measure or full:
@@ -156,22 +150,21 @@ class SimilarityTracker(Callback):
             out[ref] = (torch.diag(torch.tensor([values[k] for k in layers], dtype=torch.float64)), layers, layers)
         return out
 
-    def _prepared_measure(self) -> Any | None:
+    def _prepared_measure(self) -> PreparedReference | None:
         """The registry's linear CKA with every reference layer prepared once (None for other measures).
 
         References stay fixed during a fit, so their centring and Gram matrices are computed at the first
         comparison and reused; the preparation is redone only if the reference tensors change.
         """
         name = getattr(self.measure, "name", None)
-        if (PreparedLinearCKA is None or name not in PREPARED_MEASURES
-                or getattr(self.measure, "fn", None) is not MEASURES[name].fn):
+        if name not in PREPARED_MEASURES or getattr(self.measure, "fn", None) is not MEASURES[name].fn:
             return None
         key = tuple((ref, layer, id(x), x.data_ptr(), tuple(x.shape))
                     for ref, reps in self.reference_reps.items() for layer, x in reps.items())
         if self._prepared is None or self._prepared[0] != key:
             references = {str(i): as_matrix(x) for i, x in enumerate(
                 x for reps in self.reference_reps.values() for x in reps.values())}
-            self._prepared = (key, PreparedLinearCKA(references, debiased=name == "linear_cka_debiased"))
+            self._prepared = (key, prepare_reference(references, name))
         return self._prepared[1]
 
     # -- listener interface ------------------------------------------------------------------------

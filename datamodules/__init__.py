@@ -2,6 +2,6 @@
 
 Embedded real data, few-shot tasks and full-scale loaders.
 
-Import from the submodules (``datamodules.glyphs``, ``datamodules.scenes``, ...) or use
-``datamodules.registry.get_datamodule(name, **kwargs)``; this package itself imports nothing heavy.
+Import from the submodules (``datamodules.glyphs``, ``datamodules.scenes``, ...); this package itself
+imports nothing heavy.
 """

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from analysis.files import atomic_write
 from datamodules.paths import cache_dir
 from datamodules.samplers import EpochSeededRandomSampler
 
@@ -53,14 +53,7 @@ LabelTransform = Callable[[np.ndarray, str], np.ndarray]
 # --------------------------------------------------------------------------------------------- helpers
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
     """Write a .npy file via a temp file and a rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: np.save(tmp, array))
 
 
 def read_idx(path: Path) -> np.ndarray:

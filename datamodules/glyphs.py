@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 import zlib
 from collections import defaultdict
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
+from analysis.files import atomic_write
 from datamodules.fashion_mnist import (
     ArrayDataModule,
     ImageArrayDataset,
@@ -110,25 +110,18 @@ class GlyphSet:
         return np.flatnonzero(np.isin(self.labels, self.split_chars(split)))
 
     def save(self, path: Path) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(
-                tmp,
-                images=self.images,
-                labels=self.labels,
-                font_ids=self.font_ids,
-                codepoints=np.array([ord(c) for c in self.chars], dtype=np.int64),
-                char_alphabet=self.char_alphabet,
-                alphabet_names=np.array(self.alphabet_names, dtype=np.str_),
-                alphabet_split=np.array(self.alphabet_split, dtype=np.str_),
-                font_names=np.array(self.font_names, dtype=np.str_),
-                config=np.array(json.dumps(self.config)),
-            )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: np.savez(
+            tmp,
+            images=self.images,
+            labels=self.labels,
+            font_ids=self.font_ids,
+            codepoints=np.array([ord(c) for c in self.chars], dtype=np.int64),
+            char_alphabet=self.char_alphabet,
+            alphabet_names=np.array(self.alphabet_names, dtype=np.str_),
+            alphabet_split=np.array(self.alphabet_split, dtype=np.str_),
+            font_names=np.array(self.font_names, dtype=np.str_),
+            config=np.array(json.dumps(self.config)),
+        ))
 
     @classmethod
     def load(cls, path: Path) -> GlyphSet:
@@ -200,16 +193,13 @@ def scan_fonts(files: Sequence[Path]) -> tuple[list[FontFile], dict[int, list[in
     else:
         fonts, coverage = _scan_font_files(files)
         pairs = [(c, i) for c, ids in coverage.items() for i in ids]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        np.savez(
+        atomic_write(path, lambda tmp: np.savez(
             tmp,
             paths=np.array([f.path for f in fonts], dtype=np.str_),
             families=np.array([f.family for f in fonts], dtype=np.str_),
             codepoints=np.array([c for c, _ in pairs], dtype=np.int64),
             font_index=np.array([i for _, i in pairs], dtype=np.int64),
-        )
-        os.replace(tmp, path)
+        ))
     _SCANS[key] = (fonts, coverage)
     return fonts, coverage
 

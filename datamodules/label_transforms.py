@@ -140,10 +140,9 @@ def parse_label_spec(spec: str) -> tuple[str, float]:
     match = _NOISE.match(spec)
     if match and 0.0 <= float(match.group(1)) <= 1.0:
         return "noise", float(match.group(1))
-    import difflib
+    from analysis.errors import did_you_mean
 
-    close = difflib.get_close_matches(spec, ["clean", "permuted", "random", "noise-0.5"], n=1, cutoff=0.5)
-    hint = f' Did you mean "{close[0]}"?' if close else ""
+    hint = did_you_mean(spec, ["clean", "permuted", "random", "noise-0.5"])
     raise ValueError(f'unknown label spec "{spec}".{hint} Fix: use one of {", ".join(LABEL_SPECS)} '
                      "(p in [0, 1], e.g. noise-0.25)")
 

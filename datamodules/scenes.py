@@ -16,9 +16,7 @@ deterministic per (domain, split, index, scene_seed) and cached as .npz.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +27,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import binary_fill_holes
 from torch.utils.data import Dataset
 
+from analysis.files import atomic_write
 from datamodules.fashion_mnist import FASHION_MNIST_CLASSES, ArrayDataModule, check_split, load_fashion_mnist
 from datamodules.glyphs import GLYPHS_VERSION, build_glyphs, config_key
 from datamodules.paths import cache_dir
@@ -257,10 +256,7 @@ def build_scenes(
         domain=domain,
     )
     if path is not None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        np.savez(tmp, images=result.images, masks=result.masks, labels=result.labels)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, images=result.images, masks=result.masks, labels=result.labels))
     return result
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from modules.distributed import release_process_group_at_exit
 from modules.finetune_modes import (
     HEAD_POLICIES,
     FinetuneConfigError,
@@ -260,6 +261,9 @@ class ClassificationModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)
+
+    def setup(self, stage: str) -> None:
+        release_process_group_at_exit()
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.net.parameters() if p.requires_grad]

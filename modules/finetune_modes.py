@@ -22,12 +22,13 @@ not move either: a frozen group is bit-identical after training.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from analysis.errors import did_you_mean
 
 FINETUNE_MODES = ("full", "head", "lower", "body", "groups")
 HEAD_POLICIES = ("reinit", "keep")
@@ -40,11 +41,6 @@ class FinetuneConfigError(ValueError):
         end = "" if problem.endswith(("?", "!")) else "."
         super().__init__(f"{problem.rstrip('.')}{end} Fix: {fix}")
         self.problem, self.fix = problem, fix
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f' Did you mean "{close[0]}"?' if close else ""
 
 
 def check_name(kind: str, value: str, choices: Sequence[str]) -> str:

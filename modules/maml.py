@@ -23,7 +23,6 @@ as in MAML; the network is :class:`modules.nets.conv4.Conv4`.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from analysis.errors import did_you_mean
+from modules.distributed import release_process_group_at_exit
 from modules.meta_engines import InnerLoop, MetaStep, TaskBatch, functional_options, make_engine, meta_leaves
 from modules.nets.conv4 import CONV4_LAYERS, Conv4
 from modules.nets.functional import FunctionalConv4
@@ -49,9 +50,8 @@ class MAMLConfigError(ValueError):
 
 def _check_choice(kind: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise MAMLConfigError(f"unknown {kind} {value!r}.{hint} Fix: use one of {', '.join(choices)}.")
+        raise MAMLConfigError(f"unknown {kind} {value!r}.{did_you_mean(value, choices)} "
+                              f"Fix: use one of {', '.join(choices)}.")
     return value
 
 
@@ -239,6 +239,14 @@ class MAMLModule(L.LightningModule):
             with torch.no_grad():
                 return {step: {k: v.detach() for k, v in inner.model.activations(fast, probe_x.clone(), layers).items()}
                         for step, fast in snapshots.items()}
+
+    def setup(self, stage: str) -> None:
+        release_process_group_at_exit()
+
+    def teardown(self, stage: str) -> None:
+        """Stop the loop engine's task threads: nothing this module started outlives its fit or test."""
+        if self._runtime is not None:
+            self._runtime[1].close()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([*self.net.parameters(), *self.inner_lrs], lr=self.hparams.meta_lr)

@@ -18,7 +18,6 @@ Both are checked against learn2learn's MAML in float64 in ``tests/modules/test_m
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from analysis.errors import did_you_mean
 from modules.nets.functional import FunctionalConv4
 
 Params = Mapping[str, torch.Tensor]
@@ -104,9 +104,8 @@ class InnerLoop:
     def __init__(self, model: FunctionalConv4, adapted: Sequence[str]) -> None:
         unknown = [n for n in adapted if n not in model.param_names]
         if unknown:
-            hint = difflib.get_close_matches(unknown[0], model.param_names, n=1)
-            raise KeyError(f"cannot adapt unknown parameter {unknown[0]!r}"
-                           + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {model.param_names}"))
+            hint = did_you_mean(unknown[0], model.param_names)
+            raise KeyError(f"cannot adapt unknown parameter {unknown[0]!r}." + (hint or f" Known: {model.param_names}"))
         if not adapted:
             raise ValueError("the inner loop adapts no parameter; "
                              "pass the names to adapt (all for MAML, the head's for ANIL)")
@@ -192,6 +191,12 @@ class LoopEngine:
     def __getstate__(self) -> dict:  # thread pools do not pickle (ddp_spawn pickles the module)
         return {**self.__dict__, "_pool": None}
 
+    def close(self) -> None:
+        """Shut the task threads down (a later meta-step starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def _num_workers(self, batch: TaskBatch) -> int:
         if batch.support_x.device.type != "cpu":
             return 1
@@ -274,6 +279,9 @@ class VmapEngine:
 
     name = "vmap"
 
+    def close(self) -> None:
+        """Nothing to shut down (no threads of its own)."""
+
     def _task_fn(self, inner: InnerLoop, params: Params, lrs: LearningRates, steps: int,
                  first_order: bool) -> Callable:
         model = inner.model
@@ -339,9 +347,8 @@ def make_engine(name: str, device: torch.device | str | None = None) -> LoopEngi
     if name == "auto":
         name = "vmap" if torch.device(device or "cpu").type == "cuda" else "loop"
     if name not in ENGINES:
-        hint = difflib.get_close_matches(name, list(ENGINES) + ["auto"], n=1)
-        raise ValueError(f"unknown inner-loop engine {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                         + f" (choose from {sorted(ENGINES)} or 'auto')")
+        raise ValueError(f"unknown inner-loop engine {name!r}.{did_you_mean(name, [*ENGINES, 'auto'])} "
+                         f"Fix: choose from {sorted(ENGINES)} or 'auto'")
     return ENGINES[name]()
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.distributed import release_process_group_at_exit
 from modules.nets.unet import DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, build_unet
 from modules.segmentation import SegmentationModule, save_parts, unpack_batch
 
@@ -45,6 +46,9 @@ class PretextModule(L.LightningModule):
 
     def transferable_parts(self) -> dict[str, nn.Module]:
         return {"encoder": self.net.encoder, "decoder": self.net.decoder}
+
+    def setup(self, stage: str) -> None:
+        release_process_group_at_exit()
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -319,11 +323,10 @@ def build_source_module(task: str, **kwargs: Any) -> L.LightningModule:
         return ReconstructionPretext(**kwargs)
     if task == "contrastive":
         return ContrastiveReconstructionPretext(**kwargs)
-    import difflib
+    from analysis.errors import did_you_mean
 
-    close = difflib.get_close_matches(task, SOURCE_TASKS, n=1)
-    hint = f' Did you mean "{close[0]}"?' if close else ""
-    raise ValueError(f'unknown source task "{task}".{hint} Fix: use one of {", ".join(SOURCE_TASKS)}')
+    raise ValueError(f'unknown source task "{task}".{did_you_mean(task, SOURCE_TASKS)} '
+                     f'Fix: use one of {", ".join(SOURCE_TASKS)}')
 
 
 def export_parts(module: L.LightningModule, path, meta: dict) -> Any:

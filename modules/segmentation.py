@@ -34,6 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
+from analysis.errors import did_you_mean
+from analysis.files import atomic_write
+from modules.distributed import release_process_group_at_exit
 from modules.nets.unet import (
     DEFAULT_DECODER_CHANNELS,
     DEFAULT_ENCODER,
@@ -51,11 +54,8 @@ FREEZE_POLICIES = ("none", "encoder", "decoder")
 
 def check_choice(kind: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        import difflib
-
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f' Did you mean "{close[0]}"?' if close else ""
-        raise UNetConfigError(f'unknown {kind} "{value}".{hint}', f"use one of: {', '.join(choices)}")
+        raise UNetConfigError(f'unknown {kind} "{value}".{did_you_mean(value, choices)}',
+                              f"use one of: {', '.join(choices)}")
     return value
 
 
@@ -87,11 +87,7 @@ def save_parts(path: str | os.PathLike, parts: Mapping[str, nn.Module], meta: Ma
     payload: dict[str, Any] = {"meta": dict(meta)}
     for name, module in parts.items():
         payload[name] = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_parts(path: str | os.PathLike) -> dict[str, Any]:
@@ -242,6 +238,9 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("segmentation_history", []))
+
+    def setup(self, stage: str) -> None:
+        release_process_group_at_exit()
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from similarity._blocks import centred_gram_sums, edges, gram, linear_sums
+from similarity._blocks import centred_gram_sums, edges, feature_cost, gram, gram_cost, linear_sums
 from similarity._inputs import SimilarityInputError, as_pair, centre, compute_dtype
 
 
@@ -49,6 +49,12 @@ def linear_hsic_terms(x: Tensor, y: Tensor, *, debiased: bool) -> tuple[float, f
         xy, xx, yy = (debias(xy, diag_x, diag_y, n), debias(xx, diag_x, diag_x, n),
                       debias(yy, diag_y, diag_y, n))
     return xy, xx, yy
+
+
+def linear_cka_route(n: int, dx: int, dy: int) -> str:
+    """Which products ``linear_cka`` multiplies for [n, dx] and [n, dy] inputs: "feature" (X^T X, Y^T Y,
+    X^T Y, cheaper when the widths are small against n) or "gram" (X X^T and Y Y^T, n x n)."""
+    return "feature" if feature_cost(n, dx, dy) <= gram_cost(n, dx, dy) else "gram"
 
 
 def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> float:

@@ -20,6 +20,11 @@ from similarity.rsa import rsa_dissimilarity, rsa_similarity
 SIMILARITY, DISTANCE = "similarity", "distance"
 
 
+def linear_cka_dissimilarity(x: Tensor, y: Tensor) -> float:
+    """1 - linear CKA (biased HSIC): the MAML paper's CKA dissimilarity, 0 for the same representation."""
+    return 1.0 - linear_cka(x, y)
+
+
 @dataclass(frozen=True)
 class Measure:
     """A named pairwise measure: call it as measure(x, y) -> float."""
@@ -41,6 +46,8 @@ _ALL = (
     Measure("linear_cka", linear_cka, SIMILARITY, "linear CKA, biased HSIC (Kornblith et al. 2019)"),
     Measure("linear_cka_debiased", partial(linear_cka, debiased=True), SIMILARITY,
             "linear CKA, debiased HSIC (Song et al. 2012); ~0 for independent data"),
+    Measure("linear_cka_dissimilarity", linear_cka_dissimilarity, DISTANCE,
+            "1 - linear CKA (the MAML paper's CKA dissimilarity; 0 = identical)"),
     Measure("rbf_cka", rbf_cka, SIMILARITY, "RBF CKA, bandwidth = median pairwise distance"),
     Measure("rbf_cka_debiased", partial(rbf_cka, debiased=True), SIMILARITY, "RBF CKA with debiased HSIC"),
     Measure("rsa_spearman", rsa_similarity, SIMILARITY, "RSA: 1 - Pearson RDMs compared by Spearman rho"),

@@ -19,8 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.quiet import silence_known_noise
-from benchmarks.runstore import atomic_write_json, results_root
+from benchmarks.core.quiet import silence_known_noise
+from benchmarks.core.runstore import atomic_write_json, results_root
 
 
 def discover() -> list[str]:

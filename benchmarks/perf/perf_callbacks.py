@@ -31,7 +31,9 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import RepresentationSnapshot, SimilarityTracker, evaluate, interpolation_curve, recompute_batchnorm
+from analysis.evaluation import evaluate, recompute_batchnorm
+from analysis.interpolation import interpolation_curve
+from callbacks import RepresentationSnapshot, SimilarityTracker
 from datamodules.fashion_mnist import load_fashion_mnist
 from modules.classification import ClassificationModule
 
@@ -144,7 +146,7 @@ def snapshot_overhead(fit: _Fit, case: str, repeats: int) -> list[dict]:
 @contextmanager
 def _passes_timed(spent: list[float]):
     """Time the evaluation and BN passes that ``interpolation_curve`` makes (the rest is its own cost)."""
-    import callbacks.interpolation as interpolation
+    import analysis.interpolation as interpolation
 
     originals = {name: getattr(interpolation, name) for name in ("evaluate", "recompute_batchnorm")}
 

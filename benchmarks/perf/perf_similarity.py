@@ -168,10 +168,10 @@ def torch_cka_value(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _route_products(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The (left, right) operands of the products our linear CKA route multiplies (full, not triangular)."""
-    from similarity._blocks import feature_cost, gram_cost
+    from similarity import linear_cka_route
 
     n, d = x.shape
-    if feature_cost(n, d, d) <= gram_cost(n, d, d):
+    if linear_cka_route(n, d, d) == "feature":
         return [(x.T, x), (y.T, y), (x.T, y)]
     return [(x, x.T), (y, y.T)]
 

@@ -10,14 +10,14 @@ caller passes ``allow_download=True`` (the benchmarks expose it as ``imagenet.al
 
 from __future__ import annotations
 
-import difflib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from analysis.errors import did_you_mean
+from analysis.files import atomic_write
 from datamodules.paths import cache_dir
 
 EMBEDDED_MODEL = "tf_efficientnet_lite0"
@@ -78,9 +78,7 @@ def embedded_imagenet_state(refresh: bool = False) -> dict[str, torch.Tensor]:
     source = torch.load(package_weights_path(), map_location="cpu", weights_only=True)
     target = timm.create_model(EMBEDDED_MODEL, pretrained=False).state_dict()
     state = convert_package_state(source, target)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return state
 
 
@@ -90,9 +88,7 @@ def check_timm_name(name: str) -> str:
 
     known = timm.list_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f' Did you mean "{close[0]}"?' if close else ""
-        raise ImageNetWeightsError(f'unknown timm model "{name}".{hint}',
+        raise ImageNetWeightsError(f'unknown timm model "{name}".{did_you_mean(name, known)}',
                                    "use a name from timm.list_models(), e.g. tf_efficientnet_lite0")
     return name
 

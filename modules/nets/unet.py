@@ -10,11 +10,12 @@ from the internet here: smp is always built with ``encoder_weights=None`` (Image
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from analysis.errors import did_you_mean
 
 PARTS = ("encoder", "decoder", "segmentation_head")
 DEFAULT_ENCODER = "tu-tf_efficientnet_lite0"
@@ -38,8 +39,7 @@ def check_encoder_name(encoder: str) -> str:
     name = encoder[3:]
     known = timm.list_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f' Did you mean "tu-{close[0]}"?' if close else ""
+        hint = did_you_mean(encoder, [f"tu-{k}" for k in known])
         raise UNetConfigError(f'unknown encoder "{encoder}".{hint}',
                               'use "tu-" + a name from timm.list_models()')
     return encoder
@@ -67,9 +67,8 @@ def build_unet(encoder: str = DEFAULT_ENCODER, classes: int = 2, in_channels: in
 def part(unet: nn.Module, name: str) -> nn.Module:
     """One of ``PARTS`` of a U-Net (did-you-mean on typos)."""
     if name not in PARTS:
-        close = difflib.get_close_matches(name, PARTS, n=1)
-        hint = f' Did you mean "{close[0]}"?' if close else ""
-        raise UNetConfigError(f'unknown U-Net part "{name}".{hint}', f"use one of: {', '.join(PARTS)}")
+        raise UNetConfigError(f'unknown U-Net part "{name}".{did_you_mean(name, PARTS)}',
+                              f"use one of: {', '.join(PARTS)}")
     return getattr(unet, name)
 
 

@@ -15,7 +15,11 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.study import Run, RunContext, Study
+from benchmarks.core.findings import Claim, decide
+from benchmarks.core.report import findings_section
+from benchmarks.core.results import by_seed
+from benchmarks.core.stats import less, paired, seed_means
+from benchmarks.core.study import Run, RunContext, Study
 from datamodules.samplers import EpochSeededRandomSampler
 
 REGISTRATION = "digits=tests.benchmarks.digits_study:DigitsStudy"
@@ -112,7 +116,16 @@ class DigitsStudy(Study):
             metrics["snapshots"] = len(rows)
         return metrics
 
-    def report(self, cfg, store):
-        path = store.root / "report.md"
-        path.write_text(f"{len(store.finished_runs())} runs\n")
+    claims = (Claim("finetune_lowers_loss", "fine-tuning ends with a lower train loss than pretraining",
+                    "none (a test fixture)"),)
+    protocol = "tests/benchmarks/digits_study.py"
+
+    def findings(self, results):
+        pre = seed_means(by_seed(results.stage("pretrain"), lambda r: r["metrics"]["train_loss"]))
+        post = seed_means(by_seed(results.stage("finetune"), lambda r: r["metrics"]["train_loss"]))
+        return [decide(self.claims[0], less(paired(post, pre)), unit="seed")]
+
+    def write_report(self, results, findings):
+        path = results.root / "report.md"
+        path.write_text(f"{results.n_finished} runs\n" + findings_section(findings, results, self.protocol))
         return path

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from analysis.criticality import module_criticality
+from analysis.interpolation import interpolation_curve
 from callbacks import (
     Interpolation,
     ModuleCriticality,
     RepresentationSnapshot,
     SimilarityTracker,
-    interpolation_curve,
-    module_criticality,
 )
 from callbacks.references import random_init_copy
 from callbacks.run_outputs import read_arrays

@@ -10,7 +10,6 @@ import torch
 from callbacks import Interpolation, ModuleCriticality, RepresentationSnapshot, SimilarityTracker
 from callbacks.run_outputs import (
     RunOutputs,
-    atomic_write,
     find_wandb_run,
     json_safe,
     read_arrays,
@@ -25,21 +24,6 @@ from tests.callbacks.tiny_callback_models import (
     read_wandb,
     wandb_logger,
 )
-
-
-def test_atomic_write_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path):
-    target = tmp_path / "deep" / "file.txt"
-    atomic_write(target, lambda tmp: tmp.write_text("first"))
-    assert target.read_text() == "first"
-
-    def broken(tmp):
-        tmp.write_text("half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_write(target, broken)
-    assert target.read_text() == "first"
-    assert [p.name for p in target.parent.iterdir()] == ["file.txt"]  # no temp file left behind
 
 
 def test_json_turns_tensors_into_lists_and_non_finite_numbers_into_null(tmp_path):

@@ -13,7 +13,7 @@ from callbacks import (
     SimilarityTracker,
     WeightsReference,
 )
-from similarity import get_measure, linear_cka
+from similarity import PreparedReference, get_measure, linear_cka, similarity_matrix
 from tests.callbacks.tiny_callback_models import (
     TinyClassifier,
     blob_images,
@@ -110,3 +110,16 @@ def test_similarity_is_computed_by_the_measure_of_similarity_package(tmp_path):
     x = torch.randn(30, 5, dtype=torch.float64)
     cka = get_measure("linear_cka")
     assert math.isclose(cka(x, x), 1.0, abs_tol=1e-12)
+
+
+def test_linear_cka_uses_a_prepared_reference_and_reports_the_values_of_similarity_matrix(tmp_path):
+    snapshot = RepresentationSnapshot(blob_images(30, seed=7), probe_size=30, keep=None, save=False)
+    tracker = SimilarityTracker(("start", "random_init"), "linear_cka")
+    make_trainer(tmp_path, [snapshot, tracker], epochs=2).fit(TinyClassifier(), loader(32, shuffle=True))
+    assert isinstance(tracker._prepared[1], PreparedReference)
+    for snap in snapshot.snapshots:
+        for ref, reps in tracker.reference_reps.items():
+            expected, _, _ = similarity_matrix({k: v.flatten(1) for k, v in snap.representations.items()},
+                                               {k: v.flatten(1) for k, v in reps.items()}, "linear_cka")
+            rows = {r["layer"]: r["value"] for r in tracker.rows if r["tag"] == snap.tag and r["reference"] == ref}
+            assert list(rows.values()) == pytest.approx(expected.diagonal().tolist(), abs=1e-12)

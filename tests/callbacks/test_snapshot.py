@@ -5,11 +5,9 @@ import json
 import pytest
 import torch
 
-from callbacks import CallbackConfigError, RepresentationSnapshot, capture_representations, select_probe
+from callbacks import CallbackConfigError, RepresentationSnapshot, select_probe
 from callbacks.run_outputs import read_arrays
 from tests.callbacks.tiny_callback_models import TinyClassifier, blob_images, loader, make_trainer
-
-LAYERS = ["net.block1", "net.block2", "net.block3", "net.block4", "net.head"]
 
 
 def test_probe_is_chosen_by_seed_and_never_changes():
@@ -20,46 +18,6 @@ def test_probe_is_chosen_by_seed_and_never_changes():
     assert first.indices != other.indices
     assert torch.equal(first.inputs, data.tensors[0][first.indices])
     assert len(select_probe(data, 500)) == 50  # a small source is used whole
-
-
-@pytest.mark.parametrize("pooling, expected", [
-    ("none", {"net.block1": (12, 8, 8, 8), "net.block4": (12, 8, 1, 1), "net.head": (12, 4)}),
-    ("mean", {"net.block1": (12, 8), "net.block4": (12, 8), "net.head": (12, 4)}),
-    ("flatten", {"net.block1": (12, 512), "net.block4": (12, 8), "net.head": (12, 4)}),
-])
-def test_snapshot_shapes_follow_the_pooling(pooling, expected):
-    model = TinyClassifier()
-    layers = ["net.block1", "net.block4", "net.head"]
-    reps = capture_representations(model, layers, torch.randn(12, 1, 16, 16), pooling=pooling, batch_size=5)
-    assert {name: tuple(x.shape) for name, x in reps.items()} == expected
-
-
-def test_pooling_can_differ_per_layer():
-    reps = capture_representations(TinyClassifier(), "net.block*", torch.randn(3, 1, 16, 16),
-                                   pooling={"net.block1": "mean", "*": "flatten"})
-    assert reps["net.block1"].shape == (3, 8) and reps["net.block2"].shape == (3, 128)
-
-
-def test_same_weights_give_identical_snapshots_and_modes_are_restored():
-    model = TinyClassifier()
-    model.train()
-    model.net.block2.eval()  # a deliberately frozen part must stay in eval mode
-    probe = torch.randn(20, 1, 16, 16)
-    first = capture_representations(model, None, probe, batch_size=7)
-    second = capture_representations(model, None, probe, batch_size=7)
-    assert list(first) == LAYERS
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    assert model.training and model.net.block1.training and not model.net.block2.training
-    assert all(p.grad is None for p in model.parameters())
-
-
-@pytest.mark.parametrize("batch_size", [4, 8])  # several batches, and the whole probe in one
-def test_an_output_changed_in_place_afterwards_is_captured_as_the_layer_gave_it(batch_size):
-    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(inplace=True))
-    x = torch.randn(8, 3)
-    reps = capture_representations(model, ["0", "1"], x, batch_size=batch_size)
-    assert torch.equal(reps["0"], model[0](x).detach()) and (reps["0"] < 0).any()
-    assert torch.equal(reps["1"], model[0](x).clamp(min=0).detach())
 
 
 def test_unknown_pooling_is_refused_with_a_suggestion():
@@ -83,7 +41,7 @@ def test_callback_snapshots_at_fit_start_each_epoch_steps_and_writes_a_manifest(
         assert entry["layers"] == {k: list(v.shape) for k, v in snapshot.representations.items()}
         on_disk = read_arrays(tmp_path / entry["file"])
         assert all(torch.equal(on_disk[k], snapshot.representations[k]) for k in on_disk)
-    assert not list((tmp_path / "snapshots").glob(".*.tmp"))  # atomic writes leave no temp files
+    assert not list((tmp_path / "snapshots").glob(".*.tmp*"))  # atomic writes leave no temp files
     assert not torch.equal(snap.snapshots[0].representations["net.head"],
                            snap.snapshots[-1].representations["net.head"])  # training changed something
 

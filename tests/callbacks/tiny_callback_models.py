@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler
 
+from modules.distributed import release_process_group_at_exit
 from modules.nets.conv4 import CONV4_LAYERS, Conv4
-
-IMAGE_SIZE = 16
-NUM_CLASSES = 4
+from tests.analysis.tiny_models import IMAGE_SIZE, NUM_CLASSES, blob_images
+from tests.analysis.tiny_models import loader as loader  # the callback tests take it from here
 
 
 class TinyClassifier(LightningModule):
@@ -46,24 +46,11 @@ class TinyClassifier(LightningModule):
         x, y = batch
         return F.cross_entropy(self(x), y)
 
+    def setup(self, stage: str) -> None:
+        release_process_group_at_exit()  # as every LightningModule of the suite (ddp_spawn tests use this one)
+
     def configure_optimizers(self):
         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9)
-
-
-def blob_images(n: int = 64, seed: int = 0) -> TensorDataset:
-    """A learnable 4-class set: a bright square in the quadrant of the class, plus noise."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % NUM_CLASSES
-    images = 0.3 * torch.randn(n, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    half = IMAGE_SIZE // 2
-    for i, label in enumerate(labels.tolist()):
-        r, c = divmod(label, 2)
-        images[i, 0, r * half + 2: r * half + 6, c * half + 2: c * half + 6] += 1.0
-    return TensorDataset(images, labels)
-
-
-def loader(n: int = 64, seed: int = 0, batch_size: int = 16, shuffle: bool = False) -> DataLoader:
-    return DataLoader(blob_images(n, seed), batch_size=batch_size, shuffle=shuffle)
 
 
 class RankBatchSampler(Sampler[list[int]]):
@@ -111,7 +98,7 @@ def _complete(run_file: Path) -> bool:
     """True once the offline run file ends with W&B's "exit" record."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from benchmarks.wandb_reader import _payloads
+    from benchmarks.core.wandb_reader import _payloads
 
     kind = None
     for payload in _payloads(run_file.read_bytes()):
@@ -129,7 +116,7 @@ def read_wandb(root: Path, timeout: float = 60.0):
     """
     import wandb
 
-    from benchmarks.wandb_reader import find_offline_runs, read_offline_run
+    from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
 
     wandb.finish()
     deadline = time.monotonic() + timeout

@@ -167,9 +167,9 @@ def test_the_vmap_engine_trains_the_same_as_the_loop():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"algorithm": "anill"}, "Did you mean 'anil'"),
-    ({"inner_lr_mode": "per-layer"}, "Did you mean 'per_layer'"),
-    ({"engine": "vmapp"}, "Did you mean 'vmap'"),
+    ({"algorithm": "anill"}, 'Did you mean "anil"'),
+    ({"inner_lr_mode": "per-layer"}, 'Did you mean "per_layer"'),
+    ({"engine": "vmapp"}, 'Did you mean "vmap"'),
     ({"inner_steps": -1}, "non-negative"),
 ])
 def test_bad_settings_name_the_problem_and_the_fix(kwargs, message):

@@ -201,9 +201,9 @@ def test_vmap_engine_refuses_native_batch_norm(net):
 
 def test_bad_inputs_name_the_problem_and_the_fix(net):
     model = FunctionalConv4(net)
-    with pytest.raises(KeyError, match="did you mean 'head.weight'"):
+    with pytest.raises(KeyError, match='Did you mean "head.weight"'):
         InnerLoop(model, ["head.weigth"])
-    with pytest.raises(ValueError, match="did you mean 'vmap'"):
+    with pytest.raises(ValueError, match='Did you mean "vmap"'):
         make_engine("vmapp")
     with pytest.raises(ValueError, match="choose one of"):
         FunctionalConv4(net, batch_norm="fused")

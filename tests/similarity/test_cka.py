@@ -19,6 +19,7 @@ from similarity._blocks import (
     self_feature_sq,
     self_gram_sq,
 )
+from tests.machine import machine
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -112,8 +113,8 @@ def test_float32_input_agrees_with_the_float64_reference_within_1e_6():
     x, y = related_pair(500, 300, 200, seed=11)
     x32, y32 = x.float(), y.float()
     for debiased in (False, True):
-        assert abs(linear_cka(x32, y32, debiased=debiased) - ref.linear_cka(x32, y32, debiased)) < 1e-6
-        assert abs(rbf_cka(x32, y32, debiased=debiased) - ref.rbf_cka(x32, y32, 1.0, debiased)) < 1e-6
+        assert abs(linear_cka(x32, y32, debiased=debiased) - ref.linear_cka(x32, y32, debiased)) < 1e-6, machine()
+        assert abs(rbf_cka(x32, y32, debiased=debiased) - ref.rbf_cka(x32, y32, 1.0, debiased)) < 1e-6, machine()
 
 
 def test_feature_space_and_gram_space_routes_give_the_same_sums():

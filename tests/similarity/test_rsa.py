@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import tests.similarity.float64_references as ref
-from similarity import UnknownNameError, compare_rdms, rdm, rsa_dissimilarity, rsa_similarity
+from similarity import UnknownNameError, compare_rdms, rdm, rdm_error_bound, rsa_dissimilarity, rsa_similarity
 from similarity.rsa import (
     _descending_float32_keys,
     _indexed_key_slots,
@@ -20,6 +20,7 @@ from similarity.rsa import (
     kendall_tau_a,
     standardised,
 )
+from tests.machine import machine
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -48,9 +49,19 @@ def test_rdm_is_scipy_pdist_in_condensed_order(metric):
     np.testing.assert_allclose(got.numpy(), ref.rdm(x, metric), rtol=0, atol=1e-12)
 
 
-def test_rdm_of_float32_input_is_float64_and_close_to_the_exact_one():
-    x = gaussian(300, 64, 1)
-    np.testing.assert_allclose(rdm(x.float()).numpy(), ref.rdm(x.float(), "correlation"), atol=1e-6)
+@pytest.mark.parametrize("metric", ["correlation", "cosine"])
+def test_rdm_of_float32_input_is_float64_and_within_the_guaranteed_bound(metric):
+    x = gaussian(300, 64, 1) + 0.5
+    got = rdm(x.float(), metric)
+    error = float(np.abs(got.numpy() - ref.rdm(x.float(), metric)).max())
+    assert got.dtype == torch.float64
+    assert error <= rdm_error_bound(64), f"max error {error:.3g} > bound {rdm_error_bound(64):.3g} {machine()}"
+
+
+def test_rdm_error_bound_is_first_order_d_plus_2_unit_roundoffs():
+    assert rdm_error_bound(4096) == pytest.approx(4098 * 2.0**-24, rel=1e-3)
+    assert rdm_error_bound(4096, torch.float64) < 1e-11
+    assert rdm_error_bound(100) < rdm_error_bound(1000)
 
 
 @FAST

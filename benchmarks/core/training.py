@@ -1,0 +1,67 @@
+"""Training helpers every study shares: keeping weights along training, the per-epoch resume checkpoint.
+
+``KeepWeights`` saves a network's weights at chosen optimiser steps or epochs (``weights/step0000120.pt``,
+``weights/epoch003.pt``), once per point (a resumed run does not rewrite them), from global rank 0, atomically;
+``kept_weights`` lists them back by step or epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from benchmarks.core.runstore import atomic_save_state
+
+_FORMATS = {"step": "step{:07d}.pt", "epoch": "epoch{:03d}.pt"}
+
+
+def weight_file(directory: Path, point: int, unit: str = "step") -> Path:
+    """Where KeepWeights keeps the weights of step (or epoch) ``point``."""
+    return Path(directory) / _FORMATS[unit].format(int(point))
+
+
+def kept_weights(directory: Path, unit: str = "step") -> dict[int, Path]:
+    """The weight files KeepWeights wrote into ``directory``, by step (or epoch)."""
+    prefix = _FORMATS[unit].split("{")[0]
+    return {int(p.stem[len(prefix):]): p for p in sorted(Path(directory).glob(f"{prefix}*.pt"))}
+
+
+class KeepWeights(Callback):
+    """Save ``state(module)`` at the given optimiser steps (``unit="step"``, step 0 before the first batch) or
+    after the given training epochs (``unit="epoch"``, epoch 0 before training; epoch k after k epochs)."""
+
+    def __init__(self, directory: Path, at: Iterable[int], unit: str = "step",
+                 state: Callable[[LightningModule], Mapping[str, torch.Tensor]] | None = None) -> None:
+        if unit not in _FORMATS:
+            raise ValueError(f"unit must be one of {', '.join(_FORMATS)}, got {unit!r}")
+        self.directory, self.unit, self.at = Path(directory), unit, {int(a) for a in at}
+        self.state = state or (lambda module: module.state_dict())
+
+    def path(self, point: int) -> Path:
+        return weight_file(self.directory, point, self.unit)
+
+    def _keep(self, trainer: Trainer, module: LightningModule, point: int) -> None:
+        if point in self.at and trainer.is_global_zero and not self.path(point).exists():
+            atomic_save_state(self.path(point), dict(self.state(module)))
+
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:  # after a resume's restore
+        self._keep(trainer, module, trainer.global_step if self.unit == "step" else trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args) -> None:
+        if self.unit == "step":
+            self._keep(trainer, module, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: Trainer, module: LightningModule) -> None:
+        if self.unit == "epoch":
+            self._keep(trainer, module, trainer.current_epoch + 1)
+
+
+def epoch_checkpoint(directory: Path) -> ModelCheckpoint:
+    """``<directory>/last.ckpt`` after every training epoch, also when validation runs less often
+    (Lightning's default then saves only after validation, losing up to that many epochs on a resume)."""
+    return ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)

@@ -1,0 +1,90 @@
+"""The one logger factory: a W&B run per suite run (offline by default) plus a local CSV copy.
+
+W&B project = ``transfer-suite-<study>``, group = study, job_type = stage, run id derived from the
+run key (stable across requeues and re-runs, so a resumed run continues the same W&B run).
+``WANDB_MODE=online`` (or ``--wandb online``) switches to online logging.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+
+import wandb
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from benchmarks.core.config import flatten
+
+
+def wandb_run_id(study: str, key: str) -> str:
+    """A W&B-safe id (<= 64 chars, [a-z0-9-]) that is a pure function of the run key."""
+    return f"{study[:12]}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
+
+def wandb_mode() -> str:
+    return os.environ.get("WANDB_MODE", "offline")
+
+
+def make_loggers(study: str, stage: str, key: str, name: str, config: dict, params: dict,
+                 run_dir: Path) -> list[Logger]:
+    """Loggers for one run; the W&B files land in ``<run_dir>/wandb/``."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+    mode = wandb_mode()
+    flat = {**flatten(config), **{f"params.{k}": v for k, v in params.items()}, "run_key": key}
+    wandb_logger = WandbLogger(
+        project=f"transfer-suite-{study}",
+        name=name,
+        id=wandb_run_id(study, key),
+        group=study,
+        job_type=stage,
+        save_dir=str(run_dir),
+        offline=mode != "online",
+        resume="allow",
+        config=flat,
+        log_model=False,
+        settings=wandb.Settings(console="off", silent=True),
+    )
+    # Lightning always passes wandb's deprecated ``anonymous`` setting, which then warns on every run.
+    wandb_logger._wandb_init.pop("anonymous", None)
+    csv_logger = AppendingCSVLogger(save_dir=str(run_dir), name="csv", version="")
+    return [wandb_logger, csv_logger]
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted.
+
+    Lightning deletes the file when the directory is not empty, so a resumed run kept only the epochs
+    after its checkpoint. Epochs re-run after the checkpoint appear twice (both rows are real)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class AppendingCSVLogger(CSVLogger):
+    """CSVLogger writing through :class:`AppendingExperimentWriter` (rank 0 only, like its parent)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            if self.root_dir:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def finish_wandb() -> None:
+    """Close the active W&B run so its file is complete before the next run starts."""
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def sync_hint(results_dir: Path) -> str:
+    return f"wandb sync {results_dir}/*/wandb/offline-run-*"

@@ -1,0 +1,295 @@
+"""Study 1's training: a source task (stage ``source``) and one fine-tuning variant (stage ``target``).
+
+- ``source``: a U-Net-shaped network learns a source task on the source scene domain and hands on its
+  encoder (and decoder) as ``parts.pt``: ``classification`` (scene -> object class, encoder only),
+  ``segmentation`` (encoder + decoder), ``reconstruction`` (autoencoder, encoder + decoder),
+  ``contrastive`` (NT-Xent on two augmented views + denoising/inpainting/colourisation heads on the
+  decoder, no labels; encoder + decoder).
+- ``target``: a SegmentationModule is fine-tuned on the target domain with its encoder from a source
+  and its decoder random or transferred from the same source (or the frozen-random-encoder control).
+  Before and after fine-tuning, every encoder stage's output on a fixed probe batch is recorded and
+  compared with linear CKA: how much each source's encoder had to change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.core.errors import UserError
+from benchmarks.core.runstore import atomic_save_state, atomic_write_text
+from benchmarks.core.study import Run, RunContext, global_rank
+from benchmarks.studies.segmentation.analyse import epochs_to_fraction
+from benchmarks.studies.segmentation.protocol import TASK_TRAINING_KEYS
+
+
+# ============================================================================================ data
+def make_datamodule(cfg: dict, domain: str, *, n_train: int, n_val: int, n_test: int, label_fraction: float,
+                    seed: int, batch_size: int, min_train_batches: int = 0):
+    """The datamodule of one domain (``data.kind: scenes``, the embedded composite scenes, is the only kind).
+    ``min_train_batches`` repeats a small labelled subset so every label fraction takes the same optimiser
+    steps per epoch."""
+    from datamodules.scenes import SceneDataModule
+
+    # [0, 1] images: the modules normalise themselves (augmentations and reconstruction work in [0, 1])
+    return SceneDataModule(domain=domain, n_train=n_train, n_val=n_val, n_test=max(n_test, 1),
+                           label_fraction=label_fraction, seed=seed, image_size=cfg["data"]["image_size"],
+                           batch_size=batch_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                           min_train_batches=int(min_train_batches))
+
+
+def _source_classes(dm) -> int:
+    for attr in ("num_classes", "n_classes"):
+        if hasattr(dm, attr):
+            return int(getattr(dm, attr))
+    raise UserError("the source datamodule does not say how many object classes it has",
+                    "give it a num_classes attribute (SceneDataModule has one)")
+
+
+def _mask_classes(dm) -> int:
+    for attr in ("num_mask_classes", "mask_classes", "segmentation_classes"):
+        if hasattr(dm, attr):
+            return int(getattr(dm, attr))
+    return 2
+
+
+# ============================================================================================ runs
+def _trainer_limits(cfg: dict) -> dict:
+    limit = cfg.get("limit_batches")
+    if limit is None:
+        return {}
+    return {"limit_train_batches": limit, "limit_val_batches": limit, "limit_test_batches": limit}
+
+
+def set_threads(setting: int | str | None) -> int:
+    """Apply ``threads`` (an int, or ``auto``/null) to torch's intra-op pool; return the thread count used.
+
+    ``auto`` keeps torch's default unless other processes keep at least half the cores busy: then 1 thread.
+    Under contention, OpenMP worker threads that spin while waiting for each other made a training step of
+    this U-Net 10x slower with 2 threads than with 1 (measured on 2 shared cores). On a quiet machine 2
+    threads are 1.4x faster than 1, so the count must not include this process's own load.
+    """
+    import os
+
+    import torch
+
+    if setting in (None, "auto"):
+        cores = os.cpu_count() or 1
+        threads = 1 if other_runnable_tasks() >= cores / 2 else torch.get_num_threads()
+    else:
+        threads = int(setting)
+        if threads < 1:
+            raise UserError(f"threads={setting} must be >= 1", "set threads to a positive number or auto")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def other_runnable_tasks(samples: int = 9, interval: float = 0.02) -> float:
+    """Median number of runnable tasks on the machine besides this one (``/proc/loadavg``'s running count;
+    the 1-minute load average minus one where that file is missing)."""
+    import os
+    import statistics
+
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return max(0.0, os.getloadavg()[0] - 1) if hasattr(os, "getloadavg") else 0.0
+        counts.append(running - 1)  # this process, reading the file, is one of them
+        time.sleep(interval)
+    return float(statistics.median(counts))
+
+
+def _every_k_and_last_checkpoint(dirpath: Path, every: int):
+    """``last.ckpt`` after every ``every``-th epoch and after the final one (the resume point)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class EveryKAndLast(ModelCheckpoint):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            done = trainer.current_epoch + 1
+            if done % every == 0 or (trainer.max_epochs is not None and done >= trainer.max_epochs):
+                super().on_train_epoch_end(trainer, pl_module)
+
+    return EveryKAndLast(dirpath=dirpath, filename="last", save_top_k=1, every_n_epochs=1, save_last=False,
+                         enable_version_counter=False, save_on_train_epoch_end=True)
+
+
+def _trainer(ctx: RunContext, cfg: dict, epochs: int, every: int | None = None, **kwargs: Any):
+    """A Trainer from the run context that checkpoints every ``checkpoint_every`` epochs and at the end."""
+    every = int(every or cfg.get("checkpoint_every") or 1)
+    checkpoint = _every_k_and_last_checkpoint(ctx.store.checkpoint_dir(ctx.run.key), every)
+    return ctx.trainer(max_epochs=epochs, checkpoint=False, callbacks=[checkpoint], **_trainer_limits(cfg),
+                       **kwargs)
+
+
+def _module_common(cfg: dict) -> dict:
+    model = cfg["model"]
+    return {"encoder": model["encoder"], "decoder_channels": list(model["decoder_channels"]),
+            "input_mean": list(model["input_mean"]), "input_std": list(model["input_std"])}
+
+
+def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
+    """Train one source task and save what it hands on to ``<run_dir>/parts.pt``."""
+    import lightning as L
+
+    from modules.pretext import build_source_module, export_parts
+
+    cfg = dict(run.config)
+    task = cfg["task"]
+    options = dict(cfg.get("task_options") or {})
+    # a task may override the shared training settings (e.g. more epochs for the encoder-only classifier)
+    src = {**cfg["source"], **{k: options.pop(k) for k in TASK_TRAINING_KEYS if k in options}}
+    seed = int(src["seed"])
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = make_datamodule(cfg, "source", n_train=src["n_train"], n_val=src["n_val"], n_test=0, label_fraction=1.0,
+                         seed=seed, batch_size=src["batch_size"])
+    dm.prepare_data()
+    dm.setup("fit")
+    common = {**_module_common(cfg), "lr": src["lr"]}
+    if task == "classification":
+        module = build_source_module(task, num_classes=_source_classes(dm), **common)
+    elif task == "segmentation":
+        module = build_source_module(task, classes=_mask_classes(dm), **common)
+    elif task == "contrastive":
+        module = build_source_module(task, seed=seed, **common, **options)
+    else:
+        module = build_source_module(task, **common)
+    threads = set_threads(cfg.get("threads"))
+    trainer = _trainer(ctx, cfg, src["epochs"], every=1)  # source epochs are long: checkpoint each one
+    start = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    parts_file = ctx.run_dir / "parts.pt"
+    if global_rank() == 0:
+        export_parts(module, parts_file, {"task": task, "encoder": cfg["model"]["encoder"],
+                                          "decoder_channels": list(cfg["model"]["decoder_channels"]),
+                                          "run_key": run.key})
+    metrics["train_seconds"] = time.time() - start
+    metrics["threads"] = float(threads)
+    return metrics
+
+
+def _probe_images(dm, size: int):
+    import torch
+
+    from modules.segmentation import unpack_batch
+
+    images = []
+    for batch in dm.test_dataloader():  # the held-out test images: fixed, never trained on
+        x, _, _ = unpack_batch(batch)
+        images.append(x)
+        if sum(len(i) for i in images) >= size:
+            break
+    return torch.cat(images)[:size]
+
+
+def encoder_stage_cka(before: dict, after: dict) -> dict[str, float]:
+    """Linear CKA per encoder stage between two captures of the same probe batch."""
+    from similarity import compare_representations
+
+    return {name: v["linear_cka"] for name, v in compare_representations(before, after, "linear_cka").items()}
+
+
+def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
+    """Fine-tune one variant on the target domain; record curves, test Dice/IoU and encoder-stage CKA."""
+    import lightning as L
+
+    from analysis.representations import capture_representations
+    from modules.segmentation import SegmentationModule
+
+    cfg = dict(run.config)
+    p = {**run.params, **cfg["init"]}
+    tgt = cfg["target"]
+    seed = int(p["seed"])
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = make_datamodule(cfg, "target", n_train=tgt["n_train"], n_val=tgt["n_val"], n_test=tgt["n_test"],
+                         label_fraction=float(p["fraction"]), seed=seed, batch_size=tgt["batch_size"],
+                         min_train_batches=int(tgt.get("min_steps_per_epoch", 0)))
+    dm.prepare_data()
+    dm.setup("fit")
+    parts = str(ctx.output_of(run.needs[0]) / "parts.pt") if run.needs else None
+    encoder_init = {"random": "random", "imagenet": "imagenet"}.get(p["encoder"], "checkpoint")
+    module = SegmentationModule(
+        **_module_common(cfg), classes=_mask_classes(dm), encoder_init=encoder_init,
+        decoder_init="checkpoint" if p["decoder"] == "transferred" else "random",
+        encoder_checkpoint=parts if encoder_init == "checkpoint" else None,
+        decoder_checkpoint=parts if p["decoder"] == "transferred" else None,
+        freeze=p["freeze"], lr=tgt["lr"], allow_download=bool(cfg["imagenet"]["allow_download"]))
+    layers = module.default_watch_layers()
+    probe = _probe_images(dm, int(cfg["analysis"]["probe_size"]))
+    before_file = ctx.run_dir / "encoder_before.pt"
+    import torch
+
+    if before_file.exists():  # a resumed run: the capture of the initial encoder was saved
+        before = torch.load(before_file, weights_only=True)
+    else:
+        before = capture_representations(module, layers, probe, pooling="flatten")
+        if global_rank() == 0:
+            atomic_save_state(before_file, before)
+    threads = set_threads(cfg.get("threads"))
+    trainer = _trainer(ctx, cfg, tgt["epochs"], num_sanity_val_steps=0)
+    start = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())
+    train_seconds = time.time() - start
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    after = capture_representations(module, layers, probe, pooling="flatten")
+    cka = encoder_stage_cka(before, after)
+    history = list(module.history)
+    curve = [row.get("val/dice") for row in history]
+    stage_cka = {f"cka/stage{i}": v for i, v in enumerate(cka.values(), 1)}
+    _log_cka(ctx, list(cka.values()))
+    if global_rank() == 0:
+        atomic_write_text(ctx.run_dir / "curves.json", json.dumps({"history": history, "cka": cka}, indent=1))
+    metrics = {"test_dice": float(test["test/dice"]), "test_iou": float(test["test/iou"]),
+               "final_val_dice": float(curve[-1]) if curve else math.nan,
+               "best_val_dice": float(max(curve)) if curve else math.nan,
+               "epochs_to_95": float(epochs_to_fraction(curve) or math.nan),
+               "n_labelled": float(_n_labelled(dm)), "train_seconds": train_seconds, "threads": float(threads),
+               **stage_cka}
+    return metrics
+
+
+def _n_labelled(dm) -> int:
+    for attr in ("n_labelled", "num_labelled"):
+        if hasattr(dm, attr):
+            return int(getattr(dm, attr))
+    try:
+        return len(dm.train_dataloader().dataset)
+    except Exception:  # noqa: BLE001 - only informative
+        return -1
+
+
+def _log_cka(ctx: RunContext, values: list[float]) -> None:
+    """Per-stage CKA against its own x-axis (stage index) plus a table, on the run's W&B run."""
+    try:
+        run = ctx.loggers()[0].experiment
+    except Exception:  # noqa: BLE001 - logging is best effort
+        return
+    if global_rank() != 0 or run is None:
+        return
+    run.define_metric("cka/stage_index")
+    run.define_metric("cka/encoder_before_vs_after", step_metric="cka/stage_index")
+    for i, v in enumerate(values, 1):
+        run.log({"cka/stage_index": i, "cka/encoder_before_vs_after": v})
+    import wandb
+
+    run.log({"cka/table": wandb.Table(columns=["stage", "linear_cka"], data=[[i, v] for i, v in
+                                                                                enumerate(values, 1)])})
+
+
+def execute(run: Run, ctx: RunContext) -> dict[str, float]:
+    """Run one planned run of either stage; torch's thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        if run.stage == "source":
+            return execute_source(run, ctx)
+        return execute_target(run, ctx)
+    finally:
+        torch.set_num_threads(threads)  # ``threads: auto`` may have lowered it for this run only

@@ -1,0 +1,25 @@
+"""The run store: atomic writes, statuses, finished runs listed with their configs."""
+
+import json
+
+from benchmarks.core.runstore import RunStore, atomic_write_json
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    atomic_write_json(tmp_path / "a.json", {"x": 2})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_status_lifecycle(tmp_path):
+    store = RunStore("demo", tmp_path)
+    assert store.status("k") == "pending"
+    store.write_run_config("k", {"study": "demo", "stage": "s", "params": {"seed": 0}, "config": {}})
+    store.set_status("k", "running")
+    assert store.status("k") == "running" and not store.is_finished("k")
+    store.finish("k", {"acc": 0.5}, wall_seconds=1.0)
+    assert store.is_finished("k")
+    rows = store.finished_runs()
+    assert rows[0]["metrics"]["acc"] == 0.5 and rows[0]["params"] == {"seed": 0}
+    assert store.finished_runs(stage="other") == []

@@ -1,0 +1,142 @@
+"""The shared study tester: what every study must do, each study's test is a subclass that says how.
+
+A subclass sets ``study_name`` and implements ``fabricate(finding_id, holds, tmp_path)``: finished runs,
+made up, under which that finding must come out ``holds`` (holds=True) or ``does not hold``
+(holds=False). The base then checks, for the study as the README runs it (``make bench-<study>
+PROFILE=smoke``):
+- the smoke profile runs end to end and writes report.md, summary.csv and findings.json;
+- a second run of the same command trains nothing;
+- the report reads only the current plan's runs (a run of another config in the same store is ignored);
+- every finding id in findings.json can be made to hold and to fail with fabricated runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks.core.pipeline import decide, publish
+from benchmarks.core.registry import get_study
+from benchmarks.core.results import PlanResults
+from benchmarks.core.runner import resolve_config
+from benchmarks.core.runstore import RunStore
+from benchmarks.core.stats import VERDICTS
+from benchmarks.core.study import Run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_make(study: str, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``make bench-<study> PROFILE=smoke`` into ``results``, as the README tells users to run it."""
+    env = {**os.environ, "TSUITE_RESULTS": str(results)}
+    args = " ".join(["--results", str(results), *extra])
+    return subprocess.run(["make", "-s", "-C", str(REPO), f"bench-{study}", "PROFILE=smoke", f"ARGS={args}"],
+                          capture_output=True, text=True, env=env, timeout=1800)
+
+
+def fabricated(study: str, cfg: dict, runs: list[dict], root: Path | None = None) -> PlanResults:
+    """PlanResults of made-up finished runs (run-store rows); ``root`` is where a report would be written."""
+    planned = [Run(study, r["stage"], r["params"], r["config"]) for r in runs]  # as if the plan were these runs
+    return PlanResults(study=study, profile=str(cfg.get("profile", "tiny")), planned=planned, runs=runs, cfg=cfg,
+                       root=root or Path("/nonexistent"))
+
+
+def row(stage: str, params: dict, metrics: dict, run_dir: Path | None = None, config: dict | None = None,
+        key: str | None = None) -> dict:
+    """One fabricated run-store row."""
+    key = key or f"{stage}__" + "_".join(f"{k}={v}" for k, v in params.items())
+    return {"key": key, "stage": stage, "params": dict(params), "config": dict(config or {}),
+            "metrics": dict(metrics), "dir": run_dir or Path("/nonexistent") / key}
+
+
+class StudyTester:
+    """Subclass with ``study_name = "<study>"`` and a ``fabricate`` method; see the module docstring."""
+
+    study_name: str = ""
+    smoke_args: tuple[str, ...] = ()
+
+    def fabricate(self, finding_id: str, holds: bool, tmp_path: Path) -> PlanResults:
+        raise NotImplementedError(f"{type(self).__name__} has no fabricated runs for finding {finding_id!r}")
+
+    # -- fixtures --------------------------------------------------------------------------------------
+    @pytest.fixture(scope="class")
+    def smoke(self, tmp_path_factory):
+        """The smoke profile once per study, through make: (first CompletedProcess, results dir)."""
+        results = tmp_path_factory.mktemp(f"{self.study_name}_smoke")
+        done = run_make(self.study_name, results, *self.smoke_args)
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+        return done, results
+
+    @property
+    def study(self):
+        return get_study(self.study_name)
+
+    def smoke_cfg(self) -> dict:
+        return resolve_config(self.study_name, "smoke", list(self._set_overrides()))
+
+    def _set_overrides(self):
+        args = list(self.smoke_args)
+        for flag, value in zip(args, args[1:]):
+            if flag == "--set":
+                yield value
+
+    # -- the checks every study gets -------------------------------------------------------------------
+    def test_smoke_run_writes_report_summary_and_findings(self, smoke):
+        done, results = smoke
+        root = results / self.study_name
+        assert (root / "report.md").exists() and (root / "summary.csv").exists()
+        data = json.loads((root / "findings.json").read_text())
+        assert data["complete"] is False and "smoke" in data["completeness"]
+        assert sorted(f["id"] for f in data["findings"]) == sorted(c.id for c in self.study.claims)
+        for finding in data["findings"]:
+            assert finding["verdict"] in VERDICTS and finding["unit"] and finding["test"]
+        report = (root / "report.md").read_text()
+        assert "Incomplete" in report and "findings.json" in done.stdout
+
+    def test_a_second_run_trains_nothing(self, smoke):
+        _, results = smoke
+        again = run_make(self.study_name, results, *self.smoke_args)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "done in" not in again.stderr and "already finished" in again.stderr
+
+    def test_the_report_uses_only_the_current_plans_runs(self, smoke, tmp_path):
+        """A finished run of another config in the same store (another key) is left out of the report."""
+        _, results = smoke
+        store_root = tmp_path / "results"
+        shutil.copytree(results, store_root)
+        store = RunStore(self.study_name, store_root)
+        cfg = self.smoke_cfg()
+        planned = {r.key for r in self.study.plan(cfg)}
+        first = sorted(planned)[0]
+        stray = store.run_dir(first).with_name(first.rsplit("__", 1)[0] + "__0ther0ne")
+        shutil.copytree(store.run_dir(first), stray)
+        published = publish(self.study, cfg, store)
+        assert published.results.n_finished == len(planned) == published.results.n_planned
+        assert stray.name not in {r["key"] for r in published.results.runs}
+        data = json.loads(published.findings_json.read_text())
+        assert data["completeness"].startswith(f"{len(planned)} of {len(planned)} runs")
+
+    def test_every_finding_holds_and_fails_with_fabricated_runs(self, tmp_path):
+        """For every claim id: fabricated runs where it holds, and where it does not hold."""
+        study = self.study
+        missing, wrong = [], []
+        for claim in study.claims:
+            for holds in (True, False):
+                try:
+                    results = self.fabricate(claim.id, holds, tmp_path / f"{claim.id}-{holds}")
+                except NotImplementedError:
+                    missing.append(claim.id)
+                    break
+                verdicts = {f.id: f.verdict for f in decide(study, results)}
+                expected = "holds" if holds else "does not hold"
+                if verdicts[claim.id] != expected:
+                    wrong.append(f"{claim.id}: expected {expected!r}, got {verdicts[claim.id]!r}")
+        assert not missing, f"findings without a flip test: {missing}"
+        assert not wrong, "\n".join(wrong)
+
+

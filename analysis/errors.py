@@ -17,7 +17,8 @@ class ConfigError(ValueError):
     """A mistake in how an analysis function or a callback was configured (``str()`` says how to fix it)."""
 
     def __init__(self, problem: str, fix: str) -> None:
-        super().__init__(f"{problem.rstrip('.')}. Fix: {fix}")
+        end = "" if problem.endswith("?") else "."
+        super().__init__(f"{problem.rstrip('.')}{end} Fix: {fix}")
         self.problem, self.fix = problem, fix
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.runstore import atomic_write_json
-from benchmarks.core.stats import Outcome, mean_ci
+from benchmarks.core.stats import Outcome, mean_ci, power_text
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,7 @@ class Finding:
         return f"{self.effect:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
 
     def power_text(self) -> str:
-        if self.verdict != "inconclusive":
-            return ""
-        parts = []
-        if self.mde is not None and math.isfinite(self.mde):
-            parts.append(f"MDE {self.mde:.3g}")
-        if self.n_needed is not None:
-            parts.append(f"n≈{self.n_needed} for the observed effect")
-        return ", ".join(parts) or "add seeds"
+        return power_text(self.verdict, self.n, self.mde, self.n_needed)
 
     def record(self) -> dict[str, Any]:
         out = asdict(self)

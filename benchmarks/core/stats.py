@@ -75,17 +75,21 @@ class Outcome:
         return self.estimate.n
 
     def power_text(self) -> str:
-        """What n would decide an inconclusive verdict (empty for decided ones)."""
-        if self.verdict != "inconclusive":
-            return ""
-        parts = []
-        if self.mde is not None and math.isfinite(self.mde):
-            parts.append(f"smallest detectable effect at n={self.n}: {self.mde:.3g}")
-        if self.n_needed is not None:
-            parts.append(f"n needed for the observed effect: {self.n_needed}")
-        if self.n < 2:
-            parts.append("needs at least 2 seeds")
-        return "; ".join(parts)
+        return power_text(self.verdict, self.n, self.mde, self.n_needed)
+
+
+def power_text(verdict: str, n: int, mde: float | None, n_needed: int | None) -> str:
+    """What n would decide an inconclusive verdict (empty for decided ones)."""
+    if verdict != "inconclusive":
+        return ""
+    parts = []
+    if mde is not None and math.isfinite(mde):
+        parts.append(f"MDE {mde:.3g} at n={n}")
+    if n_needed is not None:
+        parts.append(f"n≈{n_needed} for the observed effect")
+    if n < 2:
+        parts.append("needs at least 2 seeds")
+    return "; ".join(parts) or "add seeds"
 
 
 def _clean(values: Iterable[float]) -> list[float]:

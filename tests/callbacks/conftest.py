@@ -1,16 +1,8 @@
-"""Callback tests run tiny models: one intra-op thread each (see ``_one_thread``)."""
+"""Callback tests run tiny models: one intra-op thread each (tests/threads.py)."""
 
 import pytest
-import torch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine 2 threads spin (50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 @pytest.fixture(autouse=True)

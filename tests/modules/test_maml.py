@@ -12,16 +12,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from modules.maml import MAMLConfigError, MAMLModule, mean_ci95
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 WAYS, SHOTS, QUERIES, IMAGE = 3, 1, 2, 16
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def synthetic_meta_batches(num_batches: int, tasks_per_batch: int = 4, seed: int = 0) -> list[tuple]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from modules.meta_engines import InnerLoop, LoopEngine, TaskBatch, VmapEngine, functional_options, make_engine
 from modules.nets.conv4 import Conv4
 from modules.nets.functional import FunctionalConv4, batch_norm_elementary, batch_norm_native
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 WAYS, SHOTS, QUERIES, TASKS = 5, 1, 2, 3
 INNER_LR = 0.4
@@ -31,14 +32,6 @@ def make_tasks(seed: int = 1, image_size: int = 16) -> TaskBatch:
     qy = torch.arange(WAYS).repeat_interleave(QUERIES).expand(TASKS, -1).clone()
     return TaskBatch(sx, sy, qx, qy)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and lose a lot when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,10 @@ from modules.pretext import (
     nt_xent,
 )
 from modules.segmentation import SegmentationModule, read_parts
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 SMALL = {"decoder_channels": (16, 16, 8, 8, 8)}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on shared cores, waiting OpenMP threads made these steps ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -11,18 +11,11 @@ from modules.nets.imagenet import embedded_imagenet_state
 from modules.nets.unet import UNetConfigError
 from modules.pretext import ClassificationPretext, ReconstructionPretext, export_parts
 from modules.segmentation import SegmentationModule
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 SMALL = {"decoder_channels": (16, 16, 8, 8, 8)}
 SIZE = 32
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on shared cores, waiting OpenMP threads made these steps ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def same(a: dict, b: dict) -> bool:

@@ -170,8 +170,8 @@ def test_large_n_builds_both_sides_at_once_with_the_one_thread_value_and_restore
         expected = float(stats.spearmanr(rdm(x).numpy(), rdm(y).numpy()).statistic)
     finally:
         torch.set_num_threads(threads)
-    assert concurrent == one_after_the_other
-    assert concurrent == pytest.approx(expected, abs=1e-12)
+    assert concurrent == one_after_the_other, machine()
+    assert concurrent == pytest.approx(expected, abs=1e-12), machine()
 
 
 def test_unknown_metric_or_comparison_suggests_the_right_name():

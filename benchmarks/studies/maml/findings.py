@@ -84,7 +84,7 @@ def feature_reuse(data: dict[str, dict], last: int) -> Finding:
         for layer in BODY:
             effects[f"{experiment}: {NEAR_IDENTICAL:g} − {layer}"] = [NEAR_IDENTICAL - v
                                                                      for v in layer_means[layer].values()]
-        details.append(f"{experiment}: {MEASURE} dissimilarity step 0 vs {last} at step {final}, mean over seeds "
+        details.append(f"{experiment}: {MEASURE} step 0 vs {last} at step {final}, mean over seeds "
                        + ", ".join(f"{layer} {_text(layer_means[layer])}" for layer in LAYERS))
     outcome = stats.all_greater(effects)
     return decide(claim, outcome, UNIT, "; ".join(details) + f"; near-identical = below {NEAR_IDENTICAL:g}")
@@ -122,7 +122,7 @@ def early_rise_from_task(data: dict[str, dict], last: int) -> Finding:
         if rise.verdict != "holds":
             unexplained.append(f"{experiment} ({rise.verdict}{': ' + rise.note if rise.note else ''})")
         control_effects[experiment] = list(control.values())
-        details.append(f"{experiment}: fall of {MEASURE} dissimilarity (step 0 vs {last}) in {', '.join(EARLY_LAYERS)} "
+        details.append(f"{experiment}: fall of {MEASURE} (step 0 vs {last}) in {', '.join(EARLY_LAYERS)} "
                        f"from the first to the last checkpoint, MAML {_text(maml)}, control {_text(control)}")
     outcome = stats.all_greater(control_effects)
     if unexplained:

@@ -43,7 +43,7 @@ UNIT = "seed (independent meta-training run)"
 FEATURE_REUSE = Claim(
     "feature_reuse",
     "Feature reuse: before and after the inner loop the representations are near-identical except the head "
-    f"(every body layer's {MEASURE} dissimilarity stays below {NEAR_IDENTICAL:g} and the head changes more "
+    f"(every body layer's {MEASURE} stays below {NEAR_IDENTICAL:g} and the head changes more "
     "than the most-changed body layer), in every experiment",
     "Goerttler & Obermayer 2021 (arXiv 2105.05757), RSA before vs after adaptation",
     "", NEAR_IDENTICAL, NEAR_IDENTICAL_REASON)

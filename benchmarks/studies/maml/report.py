@@ -126,9 +126,9 @@ def _experiment_section(config: dict, d: dict, last: int, root: Path, figures: P
                 rows.append([model, k] + [cells.get(layer, "-") for layer in LAYERS])
         out += [table(["model", "inner step"] + list(LAYERS), rows)]
         out.append(figure(_inner_figure(d, measure, record, figures / f"{experiment}_inner_{measure}.png"),
-                          root, f"{measure} dissimilarity to inner step 0 at the final checkpoint, per layer"))
+                          root, f"{measure} to inner step 0 at the final checkpoint, per layer"))
         out.append(figure(_training_figure(d, measure, last, figures / f"{experiment}_training_{measure}.png"),
-                          root, f"{measure} dissimilarity step 0 vs {last} through training (MAML vs control)"))
+                          root, f"{measure} step 0 vs {last} through training (MAML vs control)"))
         out.append(figure(_inner_vs_training_figure(d, measure, last,
                                                     figures / f"{experiment}_inner_vs_training_{measure}.png"),
                           root, f"MAML: inner-loop change vs change between consecutive checkpoints ({measure})"))
@@ -170,7 +170,7 @@ def _inner_figure(d: dict, measure: str, record: Sequence[int], path: Path) -> P
                     ax.fill_between(xs, lo, hi, alpha=0.15)
         ax.set_title(model)
         ax.set_xlabel("inner step")
-        ax.set_ylabel(f"{measure} dissimilarity to step 0")
+        ax.set_ylabel(f"{measure} to step 0")
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8)
     return save_figure(fig, path)
@@ -213,7 +213,7 @@ def _inner_vs_training_figure(d: dict, measure: str, last: int, path: Path) -> P
         ax.bar(x + offset, [e.mean for e in ests], width=0.4, label=label,
                yerr=[0 if e.n < 2 else (e.high - e.low) / 2 for e in ests], capsize=3)
     ax.set_xticks(x, LAYERS)
-    ax.set_ylabel(f"{measure} dissimilarity")
+    ax.set_ylabel(f"{measure}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)

@@ -157,7 +157,7 @@ def log_analysis(trainer, run_dir: Path, analysis: dict, record: Sequence[int], 
         series = {layer: [0.0] + [r["mean"] for r in within if r["checkpoint"] == final and r["layer"] == layer
                                   and r["measure"] == measure] for layer in LAYERS}
         fig = curves_figure(list(record), series, title=f"{model}: change over the inner loop ({measure})",
-                            xlabel="inner step", ylabel=f"{measure} dissimilarity to step 0")
+                            xlabel="inner step", ylabel=f"{measure} to step 0")
         outputs.figure(f"figures/inner_{measure}.png", fig, wandb_key=f"analysis/inner_{measure}")
 
 

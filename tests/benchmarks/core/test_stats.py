@@ -39,7 +39,7 @@ def test_greater_is_inconclusive_with_the_mde_and_the_n_needed():
     assert outcome.verdict == "inconclusive"
     assert outcome.mde is not None and outcome.mde > abs(outcome.effect)
     assert outcome.n_needed is not None and outcome.n_needed > 3
-    assert "smallest detectable effect at n=3" in outcome.power_text()
+    assert "MDE" in outcome.power_text() and "at n=3" in outcome.power_text()
 
 
 def test_one_seed_is_always_inconclusive():

@@ -19,6 +19,7 @@ STUDIES := segmentation finetune transfer maml
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-20s %s\n", $$1, $$2}'
+	@echo "  slurm-<study>        submit a study to SLURM (PARTITION= NODES= GPUS_PER_NODE= TIME= DRY_RUN=1)"
 	@echo "  variables: PROFILE=tiny|smoke|paper DATA_ROOT=/data ARGS='--set key=value' STUDY=<study>"
 
 install: ## set up .venv (pinned packages, learn2learn for Python 3.11, Debian data packages)
@@ -48,7 +49,8 @@ bench-transfer: install ## study 4: block shuffle, CKA, barriers, criticality, c
 bench-maml: install ## study 3: MAML/ANIL representation change in the inner loop
 	$(RUN) maml --profile $(PROFILE) $(DATA_ARG) $(ARGS)
 
-slurm-%: install ## submit a study to SLURM (PARTITION= NODES= GPUS_PER_NODE= TIME= DRY_RUN=1)
+# A static pattern rule: a plain pattern rule never builds a target listed as .PHONY ("Nothing to be done").
+$(addprefix slurm-,$(STUDIES)): slurm-%: install
 	$(RUN) slurm $* --profile $(PROFILE) $(DATA_ARG) $(SLURM_ARGS) $(ARGS)
 
 slurm-status: install ## pending / running / finished / failed runs of STUDY

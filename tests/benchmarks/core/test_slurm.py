@@ -55,6 +55,20 @@ def test_bad_time_is_a_clear_error():
         sbatch_script("s", "t", ["k"], Path("c"), Path("l"), SlurmResources(time="four hours"))
 
 
+def test_the_readme_make_target_prints_the_sbatch_script_of_every_stage(tmp_path):
+    """`make slurm-<study> ... DRY_RUN=1` as the README shows it (a pattern rule on a .PHONY target did nothing)."""
+    done = subprocess.run(["make", "-s", "-C", str(REPO), "slurm-segmentation", "PROFILE=paper", "PARTITION=gpu",
+                           "NODES=2", "GPUS_PER_NODE=4", "DRY_RUN=1", f"ARGS=--results {tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Nothing to be done" not in done.stdout + done.stderr
+    stages = re.findall(r"^# ---- stage (\w+)", done.stdout, flags=re.M)
+    assert stages == ["source", "target"]
+    assert done.stdout.count("#SBATCH --nodes=2") == 2 and "#SBATCH --partition=gpu" in done.stdout
+    assert "--devices 4 --num-nodes 2 --accelerator gpu --strategy ddp" in done.stdout
+    assert not list(tmp_path.glob("segmentation/*/metrics.json"))  # nothing ran
+
+
 def test_dry_run_prints_every_stage_and_submits_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TSUITE_EXTRA_STUDIES", REGISTRATION)
     config = tmp_path / "cfg.yaml"

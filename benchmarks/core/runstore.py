@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from analysis.files import atomic_write
 
 STATUSES = ("pending", "running", "interrupted", "failed", "finished")
 
@@ -26,17 +27,8 @@ def results_root(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically and durably (fsync before the rename)."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=True)
 
 
 def atomic_save_state(path: Path, state: dict) -> None:

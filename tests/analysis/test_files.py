@@ -58,3 +58,19 @@ def test_a_durable_write_syncs_the_data_before_the_rename(tmp_path, monkeypatch)
     assert synced == []
     atomic_write(tmp_path / "status.json", lambda tmp: tmp.write_text('{"done": true}'), durable=True)
     assert len(synced) == 1 and (tmp_path / "status.json").read_text() == '{"done": true}'
+
+
+def test_files_get_the_mode_the_umask_gives_not_mkstemps_0600(tmp_path):
+    """Collaborators on shared storage read each other's results: 0644 under umask 022, 0640 under 027."""
+    import os
+    import stat
+
+    before = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda p: p.write_text("x"))
+        os.umask(0o027)
+        atomic_write(tmp_path / "b.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(before)
+    mode = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a.txt", "b.txt")}
+    assert mode == {"a.txt": 0o644, "b.txt": 0o640}

@@ -23,3 +23,17 @@ def test_status_lifecycle(tmp_path):
     rows = store.finished_runs()
     assert rows[0]["metrics"]["acc"] == 0.5 and rows[0]["params"] == {"seed": 0}
     assert store.finished_runs(stage="other") == []
+
+
+def test_run_files_are_readable_by_collaborators_under_umask_022(tmp_path):
+    import os
+    import stat
+
+    before = os.umask(0o022)
+    try:
+        store = RunStore("toy", tmp_path)
+        store.finish("run", {"acc": 1.0}, wall_seconds=1.0)
+    finally:
+        os.umask(before)
+    for name in ("metrics.json", "status.json"):
+        assert stat.S_IMODE((store.run_dir("run") / name).stat().st_mode) == 0o644

@@ -24,11 +24,16 @@ from analysis.files import atomic_write
 
 def find_wandb_run(trainer: Any) -> Any | None:
     """The W&B run of the first ``WandbLogger`` among ``trainer.loggers``, or None (also on ranks > 0)."""
+    return wandb_run_of(getattr(trainer, "loggers", None) or [], getattr(trainer, "global_rank", 0))
+
+
+def wandb_run_of(loggers: Iterable[Any], global_rank: int = 0) -> Any | None:
+    """The W&B run of the first ``WandbLogger`` among ``loggers``, or None (also on ranks > 0)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    if getattr(trainer, "global_rank", 0) != 0:
+    if global_rank != 0:
         return None
-    for logger in getattr(trainer, "loggers", None) or []:
+    for logger in loggers:
         if isinstance(logger, WandbLogger):
             return logger.experiment
     return None
@@ -117,6 +122,14 @@ class RunOutputs:
         root = out_dir if out_dir is not None else getattr(trainer, "default_root_dir", None) or "."
         self.dir = Path(root)
         self.run = find_wandb_run(trainer) if self.enabled else None
+
+    @classmethod
+    def of_loggers(cls, loggers: Iterable[Any], out_dir: str | os.PathLike, global_rank: int = 0) -> RunOutputs:
+        """The outputs of work done outside a Trainer (analyses of trained weights) in a run's directory."""
+        outputs = cls.__new__(cls)
+        outputs.enabled, outputs.dir = global_rank == 0, Path(out_dir)
+        outputs.run = wandb_run_of(loggers, global_rank)
+        return outputs
 
     # -- files -------------------------------------------------------------------------------------
     def json(self, name: str, obj: Any) -> Path | None:

@@ -136,6 +136,13 @@ class RunContext:
             return None
         return str(max(candidates, key=lambda p: p.stat().st_mtime))
 
+    def outputs(self):
+        """Files in the run directory and the run's W&B run, for work outside a Trainer (rank 0 writes):
+        the one route to W&B besides the loggers (callbacks.run_outputs.RunOutputs)."""
+        from callbacks.run_outputs import RunOutputs
+
+        return RunOutputs.of_loggers(self.loggers(), self.run_dir, global_rank())
+
     def close(self) -> None:
         from benchmarks.core.wandb_logger import finish_wandb
 

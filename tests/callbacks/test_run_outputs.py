@@ -141,3 +141,15 @@ def test_everything_the_callbacks_log_reaches_the_offline_wandb_run_and_the_run_
     for entry, taken in zip(manifest["snapshots"], snapshot.snapshots):
         saved = read_arrays(tmp_path / entry["file"])
         assert all(torch.equal(saved[k], v) for k, v in taken.representations.items())
+
+
+def test_outputs_of_work_outside_a_trainer_write_from_rank_zero_only(tmp_path):
+    """Analyses of trained weights (no Trainer) write through the same route: files on rank 0, none elsewhere."""
+    from callbacks.run_outputs import RunOutputs
+
+    zero = RunOutputs.of_loggers([], tmp_path / "zero", global_rank=0)
+    one = RunOutputs.of_loggers([], tmp_path / "one", global_rank=1)
+    assert zero.json("a.json", {"x": 1}) is not None and (tmp_path / "zero" / "a.json").exists()
+    assert one.json("a.json", {"x": 1}) is None and not (tmp_path / "one").exists()
+    assert zero.run is None and one.run is None  # no WandbLogger given: W&B calls are no-ops
+    zero.log({"x": 1})

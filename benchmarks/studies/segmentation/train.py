@@ -266,20 +266,11 @@ def _n_labelled(dm) -> int:
 
 def _log_cka(ctx: RunContext, values: list[float]) -> None:
     """Per-stage CKA against its own x-axis (stage index) plus a table, on the run's W&B run."""
-    try:
-        run = ctx.loggers()[0].experiment
-    except Exception:  # noqa: BLE001 - logging is best effort
-        return
-    if global_rank() != 0 or run is None:
-        return
-    run.define_metric("cka/stage_index")
-    run.define_metric("cka/encoder_before_vs_after", step_metric="cka/stage_index")
+    out = ctx.outputs()
+    out.define_curve("cka", "cka/stage_index", ["cka/encoder_before_vs_after"])
     for i, v in enumerate(values, 1):
-        run.log({"cka/stage_index": i, "cka/encoder_before_vs_after": v})
-    import wandb
-
-    run.log({"cka/table": wandb.Table(columns=["stage", "linear_cka"], data=[[i, v] for i, v in
-                                                                                enumerate(values, 1)])})
+        out.log({"cka/stage_index": i, "cka/encoder_before_vs_after": v})
+    out.table("cka/table", [{"stage": i, "linear_cka": v} for i, v in enumerate(values, 1)])
 
 
 def execute(run: Run, ctx: RunContext) -> dict[str, float]:

@@ -23,7 +23,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -159,17 +158,6 @@ def criticality(template: nn.Module, theta0: Mapping[str, torch.Tensor], thetaf:
 
 
 # ============================================================================================ the analysis stages
-def run_outputs(ctx: RunContext):
-    """``callbacks.run_outputs.RunOutputs`` for a run without a Trainer (files in the run dir + W&B)."""
-    from benchmarks.core.study import global_rank
-    from callbacks.run_outputs import RunOutputs
-
-    rank = global_rank()  # under DDP every rank analyses; only rank 0 writes files and W&B
-    shim = SimpleNamespace(is_global_zero=rank == 0, global_rank=rank, default_root_dir=str(ctx.run_dir),
-                           loggers=ctx.loggers())
-    return RunOutputs(shim, ctx.run_dir)
-
-
 def _member(ctx: RunContext, key: str) -> tuple[dict, Path]:
     run_dir = ctx.output_of(key)
     return yaml.safe_load((run_dir / "run.yaml").read_text())["params"], run_dir
@@ -205,7 +193,7 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
         dirs[key] = run_dir
     first = dirs[run.needs[0]]
     template = load_net(run.config["source"], dm.num_classes, first / "final.pt")
-    outputs = run_outputs(ctx)
+    outputs = ctx.outputs()
     limit = run.config["target"].get("limit_batches")
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
@@ -262,7 +250,7 @@ def run_criticality(run: Run, ctx: RunContext) -> dict[str, float]:
     result = criticality(template, theta0, thetaf, train, options, seed=ctx.seed,
                          max_batches=run.config["target"].get("limit_batches"))
     result.extra["theta0"] = "pretrained weights + fresh head" if run.params["init"] == "pretrained" else "random init"
-    report_criticality(run_outputs(ctx), result, name="crit")
+    report_criticality(ctx.outputs(), result, name="crit")
     metrics: dict[str, float] = {"reference_error": float(result.reference_error)}
     for depth, (name, module) in enumerate(result.modules.items()):
         metrics[f"depth/{name}"] = float(depth)

@@ -242,12 +242,10 @@ def pretrain_source(run, ctx) -> dict[str, float]:
         metrics[f"source_acc@{step}"] = 1.0 - float(error)
         rows.append({"pretrain/step": step, "pretrain/source_acc": 1.0 - float(error),
                      "pretrain/source_loss": loss})
-    experiment = ctx.loggers()[0].experiment
-    experiment.define_metric("pretrain/step")
-    for key in ("pretrain/source_acc", "pretrain/source_loss"):
-        experiment.define_metric(key, step_metric="pretrain/step")
+    out = ctx.outputs()
+    out.define_curve("pretrain", "pretrain/step", ["pretrain/source_acc", "pretrain/source_loss"])
     for row in rows:
-        experiment.log(row)
+        out.log(row)
     metrics["source_acc"] = metrics[f"source_acc@{steps[-1]}"]
     metrics["total_steps"] = float(steps[-1])
     return metrics
@@ -279,8 +277,8 @@ def train_downstream(run, ctx, init_state: Mapping[str, torch.Tensor] | None, ar
     save_state(net_state(module), ctx.run_dir / "final.pt")
     tested = trainer.test(module, seeded_loader(dm.dataset("test"), 256, None), verbose=False)[0]
     metrics = downstream_metrics(history.rows, tested, int(train_cfg["speed_epochs"]))
-    if trainer.is_global_zero:  # training speed and final accuracy in the W&B run summary (sortable in the table)
-        ctx.loggers()[0].experiment.summary.update({f"final/{k}": v for k, v in metrics.items()})
+    # training speed and final accuracy in the W&B run summary (sortable in the runs table)
+    ctx.outputs().summary({f"final/{k}": v for k, v in metrics.items()})
     return metrics
 
 

@@ -19,15 +19,15 @@ SUMMARY_HEADERS = ["variant", "label_fraction", "dice_mean", "dice_std", "dice_l
 
 def _plot_learning_curves(runs: list[dict], fractions: list[float], path: Path) -> Path:
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(fractions), figsize=(6 * len(fractions), 4.2), squeeze=False)
+    from callbacks.plots import new_figure
+
+    fig = new_figure(6 * len(fractions), 4.2)
+    axes = fig.subplots(1, len(fractions), squeeze=False)
     groups = group(runs)
     names = sorted({v for v, _ in groups}, key=variant_order)
-    colours = plt.get_cmap("tab10")
+    colours = matplotlib.colormaps["tab10"]
     for ax, fraction in zip(axes[0], fractions):
         for i, name in enumerate(names):
             series = [[row.get("val/dice", np.nan) for row in curves(r)["history"]]
@@ -52,13 +52,11 @@ def _plot_learning_curves(runs: list[dict], fractions: list[float], path: Path) 
 
 
 def _plot_final_bars(rows: list[dict], fractions: list[float], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from callbacks.plots import new_figure
 
     names = sorted({r["variant"] for r in rows}, key=variant_order)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) * len(fractions)), 4.2))
+    fig = new_figure(max(6, 0.9 * len(names) * len(fractions)), 4.2)
+    ax = fig.subplots()
     width = 0.8 / max(len(fractions), 1)
     for j, fraction in enumerate(fractions):
         sub = {r["variant"]: r for r in rows if r["fraction"] == fraction}
@@ -79,12 +77,10 @@ def _plot_final_bars(rows: list[dict], fractions: list[float], path: Path) -> Pa
 
 
 def _plot_cka(means: dict[str, list[float]], path: Path) -> Path:
-    import matplotlib
+    from callbacks.plots import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = new_figure(6.5, 4.2)
+    ax = fig.subplots()
     for name, values in means.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set_xlabel("encoder stage (shallow → deep)")

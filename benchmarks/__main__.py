@@ -74,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.core.registry import STUDIES, _extra_studies
+    from benchmarks.core.registry import STUDIES, extra_studies
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and (argv[0] in STUDIES or argv[0] in _extra_studies()):
+    if argv and (argv[0] in STUDIES or argv[0] in extra_studies()):
         argv.insert(0, "run")
     elif argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        err = unknown_name("study or command", argv[0], [*STUDIES, *_extra_studies(), *COMMANDS])
+        err = unknown_name("study or command", argv[0], [*STUDIES, *extra_studies(), *COMMANDS])
         print(f"error: {err}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)

@@ -17,7 +17,7 @@ STUDIES: dict[str, str] = {
 }
 
 
-def _extra_studies() -> dict[str, str]:
+def extra_studies() -> dict[str, str]:
     """Studies added without editing this file: TSUITE_EXTRA_STUDIES="name=module:Class,..."."""
     extra = os.environ.get("TSUITE_EXTRA_STUDIES", "")
     return dict(item.split("=", 1) for item in extra.split(",") if "=" in item)
@@ -25,14 +25,14 @@ def _extra_studies() -> dict[str, str]:
 
 def check_study(name: str) -> None:
     """Raise the did-you-mean error for an unknown study name."""
-    studies = {**STUDIES, **_extra_studies()}
+    studies = {**STUDIES, **extra_studies()}
     if name not in studies:
         raise unknown_name("study", name, studies)
 
 
 def get_study(name: str) -> Study:
     check_study(name)
-    studies = {**STUDIES, **_extra_studies()}
+    studies = {**STUDIES, **extra_studies()}
     module_name, class_name = studies[name].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -60,8 +60,21 @@ class KeepWeights(Callback):
             self._keep(trainer, module, trainer.current_epoch + 1)
 
 
-def epoch_checkpoint(directory: Path) -> ModelCheckpoint:
-    """``<directory>/last.ckpt`` after every training epoch, also when validation runs less often
-    (Lightning's default then saves only after validation, losing up to that many epochs on a resume)."""
-    return ModelCheckpoint(dirpath=directory, filename="last", save_top_k=1, every_n_epochs=1,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
+class EpochCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every ``every``-th training epoch and after the final one (the resume point)."""
+
+    def __init__(self, directory: Path, every: int = 1) -> None:
+        super().__init__(dirpath=directory, filename="last", save_top_k=1, every_n_epochs=1, save_last=False,
+                         save_on_train_epoch_end=True, enable_version_counter=False)
+        self.every = int(every)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if done % self.every == 0 or (trainer.max_epochs is not None and done >= trainer.max_epochs):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+def epoch_checkpoint(directory: Path, every: int = 1) -> ModelCheckpoint:
+    """``<directory>/last.ckpt`` after every ``every``-th training epoch and the last, also when validation runs
+    less often (Lightning's default then saves only after validation, losing those epochs on a resume)."""
+    return EpochCheckpoint(directory, every)

@@ -13,6 +13,7 @@ import statistics
 import time
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -35,16 +36,18 @@ def _bare_epoch(module, optimiser, loader) -> float:
     return time.perf_counter() - start
 
 
+class EpochTimer(Callback):
+    """Seconds of the last training epoch."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds = time.perf_counter() - self.start
+
+
 def _lightning_epoch(module, loader) -> float:
     import lightning as L
-    from lightning.pytorch.callbacks import Callback
-
-    class EpochTimer(Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.seconds = time.perf_counter() - self.start
 
     timer = EpochTimer()
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

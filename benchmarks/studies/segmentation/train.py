@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import UserError
 from benchmarks.core.runstore import atomic_save_state, atomic_write_text
 from benchmarks.core.study import Run, RunContext, global_rank
+from benchmarks.core.training import epoch_checkpoint
 from benchmarks.studies.segmentation.analyse import epochs_to_fraction
 from benchmarks.studies.segmentation.protocol import TASK_TRAINING_KEYS
 
@@ -105,24 +105,10 @@ def other_runnable_tasks(samples: int = 9, interval: float = 0.02) -> float:
     return float(statistics.median(counts))
 
 
-def _every_k_and_last_checkpoint(dirpath: Path, every: int):
-    """``last.ckpt`` after every ``every``-th epoch and after the final one (the resume point)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    class EveryKAndLast(ModelCheckpoint):
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            done = trainer.current_epoch + 1
-            if done % every == 0 or (trainer.max_epochs is not None and done >= trainer.max_epochs):
-                super().on_train_epoch_end(trainer, pl_module)
-
-    return EveryKAndLast(dirpath=dirpath, filename="last", save_top_k=1, every_n_epochs=1, save_last=False,
-                         enable_version_counter=False, save_on_train_epoch_end=True)
-
-
 def _trainer(ctx: RunContext, cfg: dict, epochs: int, every: int | None = None, **kwargs: Any):
     """A Trainer from the run context that checkpoints every ``checkpoint_every`` epochs and at the end."""
     every = int(every or cfg.get("checkpoint_every") or 1)
-    checkpoint = _every_k_and_last_checkpoint(ctx.store.checkpoint_dir(ctx.run.key), every)
+    checkpoint = epoch_checkpoint(ctx.store.checkpoint_dir(ctx.run.key), every)
     return ctx.trainer(max_epochs=epochs, checkpoint=False, callbacks=[checkpoint], **_trainer_limits(cfg),
                        **kwargs)
 

@@ -41,3 +41,22 @@ def test_epochs_are_kept_after_each_epoch_and_never_rewritten(tmp_path):
 def test_unknown_unit_is_an_error():
     with pytest.raises(ValueError, match="step, epoch"):
         KeepWeights("w", at=(1,), unit="batch")
+
+
+def test_the_epoch_checkpoint_saves_every_kth_epoch_and_the_last(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from benchmarks.core.training import epoch_checkpoint
+
+    saved = []
+    original = ModelCheckpoint.on_train_epoch_end
+    monkeypatch.setattr(ModelCheckpoint, "on_train_epoch_end",
+                        lambda self, trainer, module: (saved.append(trainer.current_epoch + 1),
+                                                       original(self, trainer, module)))
+    L.seed_everything(0)
+    trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[epoch_checkpoint(tmp_path / "checkpoints", every=2)],
+                        default_root_dir=str(tmp_path))
+    trainer.fit(DigitsModel(), digits_loader(batch_size=256))
+    assert saved == [2, 4, 5]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _dead_here(record: dict) -> bool:
+    """True when the recorded writer ran on this host and its process no longer exists (another host's
+    process cannot be checked from here: such a run keeps the status it wrote)."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
 class RunStore:
     """Directory-backed store of the runs of one study."""
 
@@ -85,8 +101,10 @@ class RunStore:
         path = self.run_dir(key) / "status.json"
         if not path.exists():
             return "pending"
-        status = json.loads(path.read_text()).get("status", "pending")
-        # A "running" run whose process is gone was interrupted (Ctrl-C, kill, preemption).
+        record = json.loads(path.read_text())
+        status = record.get("status", "pending")
+        if status == "running" and _dead_here(record):
+            return "interrupted"  # its process is gone (kill -9, crash) on this host
         return status
 
     def is_finished(self, key: str) -> bool:
@@ -94,8 +112,9 @@ class RunStore:
 
     def set_status(self, key: str, status: str, **extra: Any) -> None:
         assert status in STATUSES, status
-        atomic_write_json(self.run_dir(key) / "status.json",
-                          {"status": status, "time": time.time(), "pid": os.getpid(), **extra})
+        atomic_write_json(self.run_dir(key) / "status.json", {"status": status, "time": time.time(),
+                                                              "pid": os.getpid(), "host": socket.gethostname(),
+                                                              **extra})
 
     def write_run_config(self, key: str, record: dict) -> Path:
         path = self.run_dir(key) / "run.yaml"

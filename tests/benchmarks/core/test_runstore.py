@@ -37,3 +37,22 @@ def test_run_files_are_readable_by_collaborators_under_umask_022(tmp_path):
         os.umask(before)
     for name in ("metrics.json", "status.json"):
         assert stat.S_IMODE((store.run_dir("run") / name).stat().st_mode) == 0o644
+
+
+def test_a_running_run_whose_process_died_shows_as_interrupted(tmp_path):
+    """After kill -9 the status file still says "running"; its pid is gone, so status says interrupted."""
+    import subprocess
+    import sys
+
+    store = RunStore("toy", tmp_path)
+    store.set_status("alive", "running")  # this very process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store.set_status("killed", "running")
+    record = json.loads((store.run_dir("killed") / "status.json").read_text())
+    record["pid"] = int(dead.stdout)
+    atomic_write_json(store.run_dir("killed") / "status.json", record)
+    assert store.status("alive") == "running"
+    assert store.status("killed") == "interrupted"
+    record["host"] = "another-host"  # a process on another host cannot be checked from here
+    atomic_write_json(store.run_dir("killed") / "status.json", record)
+    assert store.status("killed") == "running"

@@ -30,7 +30,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default=None, help="results directory (default ./results or $TSUITE_RESULTS)")
     p.add_argument("--devices", default="1", help="devices per node for Lightning (e.g. 2 for 2-process DDP)")
     p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--accelerator", default=os.environ.get("TSUITE_ACCELERATOR", "cpu"))
+    p.add_argument("--accelerator", default=os.environ.get("TSUITE_ACCELERATOR", "auto"),
+                   help="auto (a GPU when one is visible, else the CPU), cpu or gpu "
+                        "(default $TSUITE_ACCELERATOR, else auto)")
+    p.add_argument("--jobs", default=os.environ.get("TSUITE_JOBS", "1"),
+                   help="runs at once in worker processes: N, or auto (CPU: cores / threads a run uses; GPU: "
+                        "--runs-per-gpu per GPU); default $TSUITE_JOBS or 1")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="with --jobs auto on GPUs: concurrent runs per GPU")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     p.add_argument("--stage", default=None, help="run only this stage")
     p.add_argument("--keys", default="", help="comma-separated run keys to run (SLURM array tasks use this)")
@@ -67,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--nodes", type=int, default=1)
     slurm.add_argument("--gpus-per-node", type=int, default=0)
     slurm.add_argument("--cpus-per-task", type=int, default=2)
-    slurm.add_argument("--time", default="04:00:00")
+    slurm.add_argument("--time", default="04:00:00",
+                       help="time limit of each array task (SLURM duration); it must cover --runs-per-task runs")
+    slurm.add_argument("--runs-per-task", type=int, default=1, metavar="N",
+                       help="runs of a stage that one array task runs one after another (default 1): packs a grid "
+                            "of many small runs into ceil(runs/N) array tasks; a requeued task skips its finished "
+                            "runs and resumes the interrupted one")
     slurm.add_argument("--mem", default=None)
     slurm.add_argument("--dry-run", action="store_true", help="print the sbatch scripts, submit nothing")
     return parser
@@ -113,9 +124,7 @@ def dispatch(args: argparse.Namespace) -> int:
     else:
         cfg = runner.resolve_config(args.study, args.profile, args.overrides, args.data_root)
     check_not_shadowed(args.overrides, get_study(args.study).shadows(cfg))
-    launch = runner.Launch(results=args.results, devices=_devices(args.devices), num_nodes=args.num_nodes,
-                           accelerator=args.accelerator, strategy=args.strategy, stage=args.stage,
-                           keys=tuple(k for k in args.keys.split(",") if k))
+    launch = _launch(args)
     if args.command == "run":
         if args.print_config:
             print(dump(cfg), end="")
@@ -139,8 +148,20 @@ def dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _devices(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
+def _launch(args: argparse.Namespace):
+    """The checked launch options: accelerator resolved (auto -> gpu or cpu), devices and jobs validated."""
+    from benchmarks.core.devices import parse_devices, resolve_accelerator
+    from benchmarks.core.grid import parse_jobs
+    from benchmarks.core.runner import Launch
+
+    accelerator = resolve_accelerator(args.accelerator) if args.command == "run" else args.accelerator
+    if args.runs_per_gpu < 1:
+        raise UserError(f"--runs-per-gpu {args.runs_per_gpu} must be at least 1", "use --runs-per-gpu 1 or more")
+    return Launch(results=args.results, devices=parse_devices(args.devices, accelerator if args.command == "run"
+                                                              else None),
+                  num_nodes=args.num_nodes, accelerator=accelerator, strategy=args.strategy, stage=args.stage,
+                  keys=tuple(k for k in args.keys.split(",") if k), jobs=parse_jobs(args.jobs),
+                  runs_per_gpu=args.runs_per_gpu)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ keeps its last checkpoint; running the same command again resumes it.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -14,7 +15,9 @@ import traceback
 from dataclasses import dataclass
 
 from benchmarks.core.config import apply_overrides, load_profile
+from benchmarks.core.devices import describe
 from benchmarks.core.errors import UserError, did_you_mean, unknown_name
+from benchmarks.core.grid import Workers, eta, plan_workers, run_grid
 from benchmarks.core.pipeline import publish
 from benchmarks.core.registry import get_study
 from benchmarks.core.runstore import RunStore
@@ -33,6 +36,14 @@ class Launch:
     strategy: str = "auto"
     stage: str | None = None
     keys: tuple[str, ...] = ()
+    jobs: int | str = 1
+    runs_per_gpu: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        """One run spans several processes (DDP, multi-node, or launched by srun/torchrun as one of many ranks)."""
+        ranks = max(int(os.environ.get(v, "1") or 1) for v in ("WORLD_SIZE", "SLURM_NTASKS"))
+        return (self.devices not in (1, "1") or self.num_nodes > 1 or "ddp" in str(self.strategy) or ranks > 1)
 
 
 def resolve_config(study: str, profile: str, overrides: list[str], data_root: str | None = None) -> dict:
@@ -69,22 +80,11 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _eta(durations: dict[str, list[float]], remaining: list[Run]) -> str:
-    """Time left: each remaining run costs the mean of its stage's finished runs (else of all finished runs)."""
-    done = [d for stage in durations.values() for d in stage]
-    if not done or not remaining:
-        return ""
-    overall = sum(done) / len(done)
-    seconds = sum(sum(durations[r.stage]) / len(durations[r.stage]) if durations.get(r.stage) else overall
-                  for r in remaining)
-    return f" · ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
 def execute_run(study, run: Run, store: RunStore, launch: Launch) -> dict:
     """Execute one run with status bookkeeping; return its metrics."""
     writer = global_rank() == 0
     if writer:
-        store.write_run_config(run.key, run.record())
+        store.write_run_config(run.key, {**run.record(), "launch": launch_record(launch)})
         store.set_status(run.key, "running")
     ctx = RunContext(run=run, store=store, devices=launch.devices, num_nodes=launch.num_nodes,
                      accelerator=launch.accelerator, strategy=launch.strategy)
@@ -119,6 +119,29 @@ def wait_for_all_ranks() -> None:
         dist.barrier()
 
 
+def launch_record(launch: Launch) -> dict:
+    """How a run was executed, for its run.yaml: the resolved accelerator, devices and intra-op threads."""
+    import torch
+
+    return {"accelerator": launch.accelerator, "devices": launch.devices, "num_nodes": launch.num_nodes,
+            "strategy": launch.strategy, "threads": torch.get_num_threads()}
+
+
+def choose_workers(study, launch: Launch, runs: int) -> Workers:
+    """The grid's workers for ``runs`` pending runs; one in-process worker for distributed runs."""
+    from benchmarks.core.devices import gpu_count
+
+    if launch.distributed:
+        if launch.jobs not in (1, "auto"):
+            raise UserError(f"--jobs {launch.jobs} cannot be combined with a distributed run "
+                            f"(devices={launch.devices}, num_nodes={launch.num_nodes}, strategy={launch.strategy})",
+                            "use --jobs 1 with DDP, or --devices 1 and --jobs N for concurrent single-device runs")
+        return Workers(1, 0, (None,))
+    return plan_workers(launch.jobs, launch.accelerator, runs, run_threads=study.run_threads,
+                        run_memory_gib=study.run_memory_gib, runs_per_gpu=launch.runs_per_gpu,
+                        gpus=gpu_count() if launch.accelerator == "gpu" else 0)
+
+
 def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
     """Run every unfinished run of the plan, then write the report. Returns a process exit code."""
     study = get_study(study_name)
@@ -127,24 +150,16 @@ def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
     runs = select_runs(plan, launch, study_name)
     todo = [r for r in runs if not store.is_finished(r.key)]
     stages = list(dict.fromkeys(r.stage for r in plan))
+    workers = choose_workers(study, launch, len(todo))
+    how = workers.describe() if workers.count > 1 else f"one run at a time on {describe(launch.accelerator)}"
     say(f"{study_name} · profile {cfg.get('profile')} · {len(runs)} runs in {len(stages)} stages · "
-        f"{len(runs) - len(todo)} already finished · results in {store.root}")
-    durations: dict[str, list[float]] = {}
-    for index, run in enumerate(todo, 1):
-        resumed = " (resuming)" if store.status(run.key) in ("running", "interrupted", "failed") else ""
-        params = " ".join(f"{k}={v}" for k, v in run.params.items())
-        say(f"stage {stages.index(run.stage) + 1}/{len(stages)} {run.stage} · run {index}/{len(todo)} · "
-            f"{params}{resumed}{_eta(durations, todo[index - 1:])}")
-        start = time.time()
-        try:
-            metrics = execute_run(study, run, store, launch)
-        except KeyboardInterrupt:
-            say(f"interrupted: {run.key} keeps its last checkpoint; run the same command again to resume.")
-            return 130
-        seconds = time.time() - start
-        durations.setdefault(run.stage, []).append(seconds)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))[:160]
-        say(f"  done in {seconds:.1f}s · {shown}")
+        f"{len(runs) - len(todo)} already finished · {how} · results in {store.root}")
+    if workers.count > 1:
+        code = _run_concurrently(study_name, cfg, launch, todo, store, workers)
+    else:
+        code = _run_one_at_a_time(study, launch, todo, stages, store)
+    if code is not None:
+        return code
     if global_rank() != 0:
         return 0
     published = publish(study, cfg, store, plan)
@@ -156,3 +171,44 @@ def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
     print(f"figures: {report.parent}/figures/")
     print(f"W&B offline runs: {store.root}/*/wandb/  (upload when online: {sync_hint(store.root)})")
     return 0
+
+
+def _run_one_at_a_time(study, launch: Launch, todo: list[Run], stages: list[str], store: RunStore) -> int | None:
+    """Sequential execution in this process (DDP ranks run it together). None when every run finished."""
+    durations: dict[str, list[float]] = {}
+    for index, run in enumerate(todo, 1):
+        resumed = " (resuming)" if store.status(run.key) in ("running", "interrupted", "failed") else ""
+        params = " ".join(f"{k}={v}" for k, v in run.params.items())
+        say(f"stage {stages.index(run.stage) + 1}/{len(stages)} {run.stage} · run {index}/{len(todo)} · "
+            f"{params}{resumed}{eta(durations, todo[index - 1:])}")
+        start = time.time()
+        try:
+            metrics = execute_run(study, run, store, launch)
+        except KeyboardInterrupt:
+            say(f"interrupted: {run.key} keeps its last checkpoint; run the same command again to resume.")
+            return 130
+        seconds = time.time() - start
+        durations.setdefault(run.stage, []).append(seconds)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))[:160]
+        say(f"  done in {seconds:.1f}s · {shown}")
+    return None
+
+
+def _run_concurrently(study_name: str, cfg: dict, launch: Launch, todo: list[Run], store: RunStore,
+                      workers: Workers) -> int | None:
+    """The grid runner (benchmarks/core/grid.py). None when every run finished, else the exit code."""
+    outcome = run_grid(study_name, cfg, launch, todo, store, workers, say=say)
+    if outcome.interrupted:
+        say("interrupted: finished runs are kept, interrupted ones keep their last checkpoint; "
+            "run the same command again to resume.")
+        return 130
+    if outcome.failed or outcome.blocked:
+        for key, why in outcome.failed.items():
+            say(f"failed:  {key}: {why}\n         log: {store.run_dir(key) / 'run.log'}")
+        for key, why in outcome.blocked.items():
+            say(f"not run: {key}: {why}")
+        say(f"{len(outcome.finished)} runs finished, {len(outcome.failed)} failed, {len(outcome.blocked)} not run; "
+            f"fix the cause and run the same command again (finished runs are kept; "
+            f"`make report STUDY={study_name}` writes a report from the finished ones).")
+        return 1
+    return None

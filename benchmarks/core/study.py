@@ -162,6 +162,8 @@ class Study(ABC):
     name: str = ""
     protocol: str = ""  # repository path of the study's protocol, e.g. "docs/protocols/maml.md"
     claims: tuple = ()  # every benchmarks.core.findings.Claim this study decides
+    run_threads: int = 1  # CPU intra-op threads that still pay off for one run (--jobs auto: cores // this)
+    run_memory_gib: float = 2.0  # peak memory of one run's process (--jobs auto stays within MemAvailable)
 
     @abstractmethod
     def plan(self, cfg: dict) -> list[Run]:

@@ -88,7 +88,9 @@ class DigitsStudy(Study):
                      "batch_size": cfg.get("batch_size", 64)}
         if cfg.get("similarity"):  # only when asked: keeps the run keys of the other tests unchanged
             stage_cfg["similarity"] = True
-        pre = [Run("digits", "pretrain", {"seed": s}, stage_cfg) for s in cfg["seeds"]]
+        failing = {"fail": True} if "fail_seed" in cfg else {}
+        pre = [Run("digits", "pretrain", {"seed": s}, {**stage_cfg, **(failing if s == cfg.get("fail_seed") else {})})
+               for s in cfg["seeds"]]
         post = [Run("digits", "finetune", {"seed": s}, {"epochs": 2}, needs=(p.key,))
                 for s, p in zip(cfg["seeds"], pre)]
         return pre + post
@@ -96,6 +98,8 @@ class DigitsStudy(Study):
     def execute(self, run: Run, ctx: RunContext):
         L.seed_everything(ctx.seed)
         self.executed.append(run.key)
+        if run.config.get("fail"):
+            raise RuntimeError(f"seed {ctx.seed} fails on purpose (config fail_seed)")
         model = DigitsModel(run.config.get("lr", 0.05), run.config.get("epoch_delay", 0.0))
         for key in run.needs:
             model.load_state_dict(torch.load(ctx.output_of(key) / "model.pt"))

@@ -72,12 +72,12 @@ def test_same_seed_same_metrics_and_rerun_alone(study, tmp_path):
 
 
 def test_eta_prices_each_remaining_run_at_its_own_stage_mean():
-    from benchmarks.core.runner import _eta
+    from benchmarks.core.grid import eta
     from benchmarks.core.study import Run
 
     source, target = Run("s", "source", {"seed": 0}, {}), Run("s", "target", {"seed": 0}, {})
-    assert _eta({}, [source]) == ""
-    assert _eta({"source": [100.0, 140.0]}, []) == ""
-    assert _eta({"source": [100.0, 140.0], "target": [10.0]}, [source, target, target]) == " · ETA 2m20s"
+    assert eta({}, [source]) == ""
+    assert eta({"source": [100.0, 140.0]}, []) == ""
+    assert eta({"source": [100.0, 140.0], "target": [10.0]}, [source, target, target]) == " · ETA 2m20s"
     # a stage with no finished run yet is priced at the mean of everything finished so far
-    assert _eta({"source": [60.0]}, [target, target]) == " · ETA 2m00s"
+    assert eta({"source": [60.0]}, [target, target]) == " · ETA 2m00s"

@@ -20,7 +20,7 @@ STUDIES := segmentation finetune transfer maml
 comma := ,
 SLURM_STUDIES := $(sort $(STUDIES) $(foreach s,$(subst $(comma), ,$(TSUITE_EXTRA_STUDIES)),$(firstword $(subst =, ,$(s)))))
 
-.PHONY: help install test test-slurm lint perf report slurm-status clean \
+.PHONY: help install test test-slurm test-gpu lint perf report slurm-status clean \
         $(addprefix bench-,$(STUDIES)) $(addprefix slurm-,$(SLURM_STUDIES))
 
 help: ## list the targets
@@ -37,6 +37,9 @@ test: install ## the whole test suite (SLURM tests run when a SLURM is up, else 
 
 test-slurm: install ## only the tests that need a running SLURM (tools/start_slurm.sh starts one)
 	$(PY) -m pytest -q -m slurm
+
+test-gpu: install ## the GPU tests (need CUDA; they skip with a reason elsewhere)
+	$(PY) -m pytest -q -m gpu
 
 lint: install ## ruff
 	$(PY) -m ruff check .

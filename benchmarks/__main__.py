@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerun = sub.add_parser("rerun", help="re-run one run alone from its saved run.yaml")
     rerun.add_argument("run_dir", type=Path)
     rerun.add_argument("--results", default=None, help="write into this results dir instead (default: in place)")
+    rerun.add_argument("--force", action="store_true",
+                       help="retrain a finished run in place (old metrics and checkpoints kept as *.previous)")
     rerun.add_argument("--traceback", action="store_true")
     report = sub.add_parser("report", help="rebuild a study's report from its finished runs")
     report.add_argument("study")
@@ -117,7 +119,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "rerun":
         from benchmarks.core.rerun import rerun
 
-        return rerun(args.run_dir, args.results)
+        return rerun(args.run_dir, args.results, force=args.force)
     check_study(args.study)
     if args.config is not None:
         cfg = apply_overrides(load_yaml(args.config), args.overrides)

@@ -1,4 +1,12 @@
-"""Test-wide settings: CPU only, few threads, W&B offline, results and caches in temp dirs."""
+"""Test-wide settings: CPU unless a test is marked ``gpu``, few threads, W&B offline, results and caches in
+temp dirs.
+
+CUDA is not hidden (torch initialises it once per process, so a hidden GPU could never come back for the
+``gpu`` tests). Instead every other test stays on the CPU explicitly: Trainers built in tests pass
+``accelerator="cpu"``, study runs get it from ``TSUITE_ACCELERATOR=cpu`` (set here, so subprocesses
+inherit it, and forced, so a developer's own setting cannot move the CPU tests onto a GPU), and code
+that picks a device itself follows that accelerator. ``gpu`` tests ask for the GPU explicitly.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["TSUITE_ACCELERATOR"] = "cpu"
 
 import torch  # noqa: E402
 
@@ -31,11 +39,11 @@ def _slurm_up() -> bool:
 def pytest_collection_modifyitems(config, items):
     slurm_ok = _slurm_up()
     gpu_ok = torch.cuda.is_available()
-    for item in items:
-        if "slurm" in item.keywords and not slurm_ok:
+    for item in items:  # markers, not keywords: a parameter id "gpu" does not make a test a GPU test
+        if item.get_closest_marker("slurm") and not slurm_ok:
             item.add_marker(pytest.mark.skip(reason="no SLURM cluster is up here (sinfo shows no idle node); "
                                                     ".ci/run starts one with tools/start_slurm.sh"))
-        if "gpu" in item.keywords and not gpu_ok:
+        if item.get_closest_marker("gpu") and not gpu_ok:
             item.add_marker(pytest.mark.skip(reason="no CUDA device on this machine"))
 
 

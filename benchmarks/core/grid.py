@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.core.errors import UserError
@@ -115,12 +115,14 @@ def eta(durations: dict[str, list[float]], remaining: list, workers: int = 1) ->
 
 @dataclass
 class GridOutcome:
-    """What the grid did: finished keys, failed keys with their reason, blocked keys, interrupted or not."""
+    """What the grid did: finished keys; failed, blocked (cannot start) and busy (left to another launch that
+    is running them, or waiting for such a run) keys with the reason; interrupted or not."""
 
     finished: list[str]
     failed: dict[str, str]
     blocked: dict[str, str]
     interrupted: bool
+    busy: dict[str, str] = field(default_factory=dict)
 
 
 def run_grid(study_name: str, cfg: dict, launch, todo: list, store, workers: Workers,
@@ -193,9 +195,12 @@ def _block_unreachable(pending: list, running: dict, store, outcome: GridOutcome
             for key in run.needs:
                 if store.is_finished(key) or key in scheduled - {run.key}:
                     continue
-                why = outcome.failed.get(key) and "failed" or outcome.blocked.get(key) and "was blocked"
-                outcome.blocked[run.key] = (f"needs {key}, which {why}" if why else
-                                            f"needs {key}, which is not finished and not selected (run its stage)")
+                if key in outcome.busy:
+                    outcome.busy[run.key] = f"needs {key}, which another launch is running"
+                else:
+                    why = "failed" if key in outcome.failed else "was not run" if key in outcome.blocked else ""
+                    outcome.blocked[run.key] = (f"needs {key}, which {why}" if why else
+                                                f"needs {key}, which is not finished and not selected (run its stage)")
                 pending.remove(run)
                 scheduled.discard(run.key)
                 changed = True
@@ -219,6 +224,9 @@ def _handle(message: tuple, pool: list, running: dict, durations: dict, outcome:
     elif kind == "interrupted":
         outcome.interrupted = True
         say(f"{progress()} interrupted {run.name}: keeps its last checkpoint")
+    elif kind == "busy":
+        outcome.busy[run.key] = rest[0]
+        say(f"{progress()} skipped {run.name}: {rest[0]} (another launch)")
     else:
         outcome.failed[run.key] = rest[0]
         say(f"{progress()} FAILED {run.name}: {rest[0]}")
@@ -341,12 +349,15 @@ def worker_main(index: int, study_name: str, cfg: dict, launch, threads: int, gp
 def _execute(index: int, study, run, store, launch) -> tuple:
     """One run in a worker, as the message for the parent; a failure's traceback goes to the run's log."""
     from benchmarks.core.runner import execute_run
+    from benchmarks.core.runstore import RunBusy
 
     start = time.time()
     try:
         return ("done", index, _plain_metrics(execute_run(study, run, store, launch)))
     except KeyboardInterrupt:
         return ("interrupted", index)
+    except RunBusy as busy:
+        return ("busy", index, str(busy))
     except BaseException as err:  # noqa: BLE001 -- reported to the parent; the worker takes the next run
         traceback.print_exc()
         return ("failed", index, f"{type(err).__name__}: {err} (after {time.time() - start:.0f}s)")

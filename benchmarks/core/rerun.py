@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import yaml
 
+from benchmarks.core.devices import resolve_accelerator
 from benchmarks.core.errors import UserError
 from benchmarks.core.registry import get_study
 from benchmarks.core.runner import Launch, execute_run
@@ -22,8 +25,10 @@ def load_run(run_dir: Path) -> Run:
                config=record["config"], needs=tuple(record.get("needs", ())))
 
 
-def rerun(run_dir: Path, results: str | None = None) -> int:
-    """Execute the run again. In place it resumes; with ``results`` it starts fresh elsewhere."""
+def rerun(run_dir: Path, results: str | None = None, force: bool = False) -> int:
+    """Execute the run again. In place it resumes an unfinished run, and retrains a finished one only with
+    ``force`` (its metrics.json and checkpoints are kept as metrics.previous.json and checkpoints.previous/);
+    with ``results`` it starts fresh elsewhere."""
     run = load_run(run_dir)
     root = results if results else Path(run_dir).resolve().parent.parent
     store = RunStore(run.study, root)
@@ -35,7 +40,27 @@ def rerun(run_dir: Path, results: str | None = None) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(source, target_is_directory=True)
     elif store.is_finished(run.key):
-        (store.run_dir(run.key) / "metrics.json").rename(store.run_dir(run.key) / "metrics.previous.json")
-    metrics = execute_run(get_study(run.study), run, store, Launch(results=str(root)))
+        if not force:
+            print(f"{run.key} is finished (metrics.json exists): nothing to do.\n"
+                  f"  retrain it here from scratch: python -m benchmarks rerun {run_dir} --force "
+                  "(keeps the old metrics.json and checkpoints as *.previous)\n"
+                  f"  or redo it elsewhere:         python -m benchmarks rerun {run_dir} --results <dir>")
+            return 0
+        set_aside_for_retraining(store, run.key)
+    accelerator = resolve_accelerator(os.environ.get("TSUITE_ACCELERATOR", "auto"))
+    metrics = execute_run(get_study(run.study), run, store, Launch(results=str(root), accelerator=accelerator))
     print({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     return 0
+
+
+def set_aside_for_retraining(store: RunStore, key: str) -> None:
+    """Keep a finished run's metrics.json and checkpoints as ``*.previous`` so that it trains again from scratch."""
+    run_dir = store.run_dir(key)
+    (run_dir / "metrics.json").replace(run_dir / "metrics.previous.json")
+    checkpoints, previous = store.checkpoint_dir(key), run_dir / "checkpoints.previous"
+    if checkpoints.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        checkpoints.rename(previous)
+    for requeue in run_dir.glob("hpc_ckpt_*.ckpt"):
+        requeue.replace(previous.parent / f"{requeue.name}.previous")
+    store.set_status(key, "pending")

@@ -20,7 +20,7 @@ from benchmarks.core.errors import UserError, did_you_mean, unknown_name
 from benchmarks.core.grid import Workers, eta, plan_workers, run_grid
 from benchmarks.core.pipeline import publish
 from benchmarks.core.registry import get_study
-from benchmarks.core.runstore import RunStore
+from benchmarks.core.runstore import RunBusy, RunStore
 from benchmarks.core.study import Run, RunContext, global_rank
 from benchmarks.core.wandb_logger import sync_hint
 
@@ -81,7 +81,18 @@ def say(message: str) -> None:
 
 
 def execute_run(study, run: Run, store: RunStore, launch: Launch) -> dict:
-    """Execute one run with status bookkeeping; return its metrics."""
+    """Execute one run with status bookkeeping, holding its lock; return its metrics. Raises RunBusy when
+    another launch is running it. Under DDP the ranks of one launch train it together, unlocked (a SLURM
+    array task is the only launch of its runs)."""
+    if launch.distributed:
+        return _execute_unlocked(study, run, store, launch)
+    with store.locked(run.key):
+        if store.is_finished(run.key):  # another launch finished it while this one waited for its turn
+            return store.metrics(run.key)
+        return _execute_unlocked(study, run, store, launch)
+
+
+def _execute_unlocked(study, run: Run, store: RunStore, launch: Launch) -> dict:
     writer = global_rank() == 0
     if writer:
         store.write_run_config(run.key, {**run.record(), "launch": launch_record(launch)})
@@ -176,7 +187,16 @@ def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
 def _run_one_at_a_time(study, launch: Launch, todo: list[Run], stages: list[str], store: RunStore) -> int | None:
     """Sequential execution in this process (DDP ranks run it together). None when every run finished."""
     durations: dict[str, list[float]] = {}
+    busy: list[str] = []
     for index, run in enumerate(todo, 1):
+        missing = [key for key in run.needs if not store.is_finished(key)]
+        if missing:
+            if any(key in busy for key in missing):
+                say(f"not run: {run.key} needs {missing[0]}, which another launch is running")
+                busy.append(run.key)
+                continue
+            raise UserError(f"run {run.key} needs {missing[0]}, which is not finished and not selected",
+                            "run its stage first (drop --stage/--keys, or select the stage it needs)")
         resumed = " (resuming)" if store.status(run.key) in ("running", "interrupted", "failed") else ""
         params = " ".join(f"{k}={v}" for k, v in run.params.items())
         say(f"stage {stages.index(run.stage) + 1}/{len(stages)} {run.stage} · run {index}/{len(todo)} · "
@@ -187,10 +207,17 @@ def _run_one_at_a_time(study, launch: Launch, todo: list[Run], stages: list[str]
         except KeyboardInterrupt:
             say(f"interrupted: {run.key} keeps its last checkpoint; run the same command again to resume.")
             return 130
+        except RunBusy as err:
+            say(f"  skipped: {err} (another launch; `status` shows it)")
+            busy.append(run.key)
+            continue
         seconds = time.time() - start
         durations.setdefault(run.stage, []).append(seconds)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))[:160]
         say(f"  done in {seconds:.1f}s · {shown}")
+    if busy:
+        say(f"{len(busy)} runs were left to the other launch that is running them; the report covers what has "
+            "finished; run the same command when that launch is done to complete it.")
     return None
 
 
@@ -211,4 +238,9 @@ def _run_concurrently(study_name: str, cfg: dict, launch: Launch, todo: list[Run
             f"fix the cause and run the same command again (finished runs are kept; "
             f"`make report STUDY={study_name}` writes a report from the finished ones).")
         return 1
+    if outcome.busy:
+        for key, why in outcome.busy.items():
+            say(f"left to another launch: {key}: {why}")
+        say(f"{len(outcome.busy)} runs were left to the other launch that is running them; the report covers what "
+            "has finished; run the same command when that launch is done to complete it.")
     return None

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,28 @@ def _dead_here(record: dict) -> bool:
     return False
 
 
+class RunBusy(Exception):
+    """Another live process holds the run's lock: it is training this run now."""
+
+    def __init__(self, key: str, holder: dict) -> None:
+        self.key, self.holder = key, holder
+        super().__init__(f"{key} is being run by pid {holder.get('pid')} on {holder.get('host')}")
+
+
+def _read_lock(path: Path) -> dict:
+    """The lock's holder; an unreadable lock older than a minute counts as stale (its writer died mid-write)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        try:
+            old = time.time() - path.stat().st_mtime > 60
+        except OSError:
+            old = True
+        return {"unreadable": old}
+
+
 class RunStore:
     """Directory-backed store of the runs of one study."""
 
@@ -105,7 +129,37 @@ class RunStore:
         status = record.get("status", "pending")
         if status == "running" and _dead_here(record):
             return "interrupted"  # its process is gone (kill -9, crash) on this host
+        if status == "finished":
+            return "interrupted"  # metrics.json, the mark of a finished run, is gone: it resumes to write it
         return status
+
+    @contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """One writer per run: ``<run dir>/lock`` (pid, host) is created exclusively (O_EXCL, atomic also on
+        NFS v3+) for as long as the run trains. A lock whose holder died on this host is stale and taken over;
+        a live holder, or one on another host (not checkable from here), raises RunBusy."""
+        path = self.run_dir(key) / "lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        for _ in range(2):
+            try:
+                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if not (_dead_here(holder) or holder.get("unreadable")):
+                    raise RunBusy(key, holder) from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(mine, handle)
+            break
+        else:
+            raise RunBusy(key, _read_lock(path))
+        try:
+            yield
+        finally:
+            if _read_lock(path).get("pid") == mine["pid"]:
+                path.unlink(missing_ok=True)
 
     def is_finished(self, key: str) -> bool:
         return self.status(key) == "finished"

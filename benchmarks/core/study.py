@@ -110,7 +110,9 @@ class RunContext:
         import lightning as L
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        cbs = list(callbacks or [])
+        from benchmarks.core.training import LoggedMetricsInCheckpoint
+
+        cbs = [*(callbacks or []), LoggedMetricsInCheckpoint()]  # with this run's or a study's own checkpoints
         if checkpoint:
             cbs.append(ModelCheckpoint(dirpath=self.store.checkpoint_dir(self.run.key), filename="last",
                                        save_last=False, save_top_k=1, every_n_epochs=1,

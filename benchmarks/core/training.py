@@ -78,3 +78,26 @@ def epoch_checkpoint(directory: Path, every: int = 1) -> ModelCheckpoint:
     """``<directory>/last.ckpt`` after every ``every``-th training epoch and the last, also when validation runs
     less often (Lightning's default then saves only after validation, losing those epochs on a resume)."""
     return EpochCheckpoint(directory, every)
+
+
+class LoggedMetricsInCheckpoint(Callback):
+    """The metrics logged so far travel with every checkpoint and are back in ``trainer.callback_metrics`` when
+    a run resumes, so a run resumed from its final checkpoint (a crash after training, before metrics.json)
+    reports the same train/val metrics as the uninterrupted run instead of losing them."""
+
+    KEY = "logged_metrics"
+
+    def __init__(self) -> None:
+        self._restored: dict[str, float] = {}
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = {name: float(value) for name, value in trainer.callback_metrics.items()
+                                if isinstance(value, torch.Tensor) and value.numel() == 1}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        self._restored = dict(checkpoint.get(self.KEY, {}))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # after Lightning's reset
+        for name, value in self._restored.items():
+            trainer.callback_metrics.setdefault(name, torch.tensor(value))
+        self._restored = {}

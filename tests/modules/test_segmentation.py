@@ -144,7 +144,8 @@ def test_lightning_fit_records_train_loss_and_validation_dice_per_epoch(tmp_path
     torch.manual_seed(0)
     module = SegmentationModule(lr=5e-3, **SMALL)
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                        accelerator="cpu")
     train, val = DataLoader(Blobs(16), batch_size=8, shuffle=True), DataLoader(Blobs(8, seed=1), batch_size=8)
     trainer.fit(module, train, val)
     assert [row["epoch"] for row in module.history] == [0, 1, 2]

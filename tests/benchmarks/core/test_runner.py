@@ -6,24 +6,12 @@ run leaves run.yaml, metrics.json and an offline W&B run with its history; a run
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from benchmarks.core import runner
 from benchmarks.core.rerun import rerun
 from benchmarks.core.runstore import RunStore
 from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
-from tests.benchmarks.digits_study import DigitsStudy
-
-
-@pytest.fixture
-def study(monkeypatch):
-    DigitsStudy.executed = []
-    DigitsStudy.interrupt_at = None
-    instance = DigitsStudy()
-    monkeypatch.setattr(runner, "get_study", lambda name: instance)
-    monkeypatch.setattr("benchmarks.core.rerun.get_study", lambda name: instance)
-    return instance
 
 
 def test_runs_every_stage_and_skips_finished_runs(study, tmp_path):

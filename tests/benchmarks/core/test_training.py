@@ -14,7 +14,8 @@ def fit(tmp_path, callback, epochs=2):
     L.seed_everything(0)
     model = DigitsModel()
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback], default_root_dir=str(tmp_path))
+                        enable_model_summary=False, callbacks=[callback], default_root_dir=str(tmp_path),
+                        accelerator="cpu")
     trainer.fit(model, digits_loader(batch_size=200))  # 512 digits: 3 steps per epoch
     return model
 
@@ -56,7 +57,7 @@ def test_the_epoch_checkpoint_saves_every_kth_epoch_and_the_last(tmp_path, monke
     L.seed_everything(0)
     trainer = L.Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[epoch_checkpoint(tmp_path / "checkpoints", every=2)],
-                        default_root_dir=str(tmp_path))
+                        default_root_dir=str(tmp_path), accelerator="cpu")
     trainer.fit(DigitsModel(), digits_loader(batch_size=256))
     assert saved == [2, 4, 5]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 4

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
-from benchmarks.core.errors import UserError, unknown_name
+from benchmarks.core.errors import CANNOT_WRITE, UserError, cannot_write, unknown_name
 from benchmarks.core.quiet import silence_known_noise
 
 USER_ERRORS = (UserError, FileNotFoundError, ValueError, KeyError)
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--traceback", action="store_true")
     report = sub.add_parser("report", help="rebuild a study's report from its finished runs")
     report.add_argument("study")
+    report.add_argument("--stdout", action="store_true", help="print report.md, write nothing (read-only results)")
     _add_run_options(report)
     status = sub.add_parser("status", help="count and list runs by status")
     status.add_argument("study")
@@ -109,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         print("(add --traceback for the full trace)", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in CANNOT_WRITE or getattr(args, "traceback", False):
+            raise
+        print(f"error: {cannot_write(err)}", file=sys.stderr)
+        return 2
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -131,11 +138,20 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.print_config:
             print(dump(cfg), end="")
             return 0
+        if os.environ.get("WANDB_MODE") == "online":
+            from benchmarks.core.wandb_logger import check_online_logging
+
+            check_online_logging()
         return runner.run_benchmark(args.study, cfg, launch)
     if args.command == "report":
         from benchmarks.core.pipeline import publish
         from benchmarks.core.runstore import RunStore
 
+        if args.stdout:  # nothing written into the store: it may be read-only
+            with tempfile.TemporaryDirectory(prefix="report-") as out:
+                published = publish(get_study(args.study), cfg, RunStore(args.study, args.results), out=Path(out))
+                print(published.report.read_text(), end="")
+            return 0
         published = publish(get_study(args.study), cfg, RunStore(args.study, args.results))
         print(f"report: {published.report}\nfindings: {published.findings_json}")
         return 0

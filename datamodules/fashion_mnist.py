@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from analysis.files import atomic_write
-from datamodules.paths import cache_dir
+from datamodules.paths import cache_dir, read_cache
 from datamodules.samplers import EpochSeededRandomSampler
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -51,11 +51,6 @@ LabelTransform = Callable[[np.ndarray, str], np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    """Write a .npy file via a temp file and a rename, so readers never see half a file."""
-    atomic_write(path, lambda tmp: np.save(tmp, array))
-
-
 def read_idx(path: Path) -> np.ndarray:
     """Decode one (gzipped) IDX file: big-endian header, then the raw array."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -78,8 +73,8 @@ def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
 def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``(uint8 images [N,28,28], int64 labels [N])`` for ``split`` in {"train", "test"}.
 
-    Reads the Debian IDX files (or ``root``); the decoded arrays are cached as .npy, keyed by the
-    source files' size and mtime, so later calls take milliseconds.
+    Reads the Debian IDX files (or ``root``); the decoded arrays are cached as one .npz (CRC-checked as
+    read), keyed by the source files' size and mtime, so later calls take milliseconds.
     """
     check_split(split, ("train", "test"))
     folder = Path(root) if root is not None else FASHION_MNIST_DIR
@@ -92,17 +87,21 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
             f"{list(FASHION_MNIST_FILES[split])}"
         )
     stamp = "-".join(f"{p.stat().st_size}x{int(p.stat().st_mtime)}" for p in sources)
-    cache = cache_dir("fashion_mnist")
-    image_file, label_file = cache / f"{split}-{stamp}-images.npy", cache / f"{split}-{stamp}-labels.npy"
-    if image_file.exists() and label_file.exists():
-        return np.load(image_file), np.load(label_file)
+    path = cache_dir("fashion_mnist") / f"{split}-{stamp}.npz"
+    cached = read_cache(path, _read_arrays)
+    if cached is not None:
+        return cached
     images = read_idx(sources[0])
     labels = read_idx(sources[1]).astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"{sources[0]} has {len(images)} images but {sources[1]} {len(labels)} labels")
-    save_array_atomic(image_file, images)
-    save_array_atomic(label_file, labels)
+    atomic_write(path, lambda tmp: np.savez(tmp, images=images, labels=labels))
     return images, labels
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"]
 
 
 @lru_cache(maxsize=4)

@@ -40,7 +40,7 @@ from datamodules.fashion_mnist import (
     LabelTransform,
     pixel_stats,
 )
-from datamodules.paths import cache_dir
+from datamodules.paths import cache_dir, read_cache
 
 GLYPHS_VERSION = 3  # bump when rendering changes, so old caches are not reused
 DEFAULT_FONT_DIRS = ("/usr/share/fonts",)
@@ -171,6 +171,12 @@ def config_key(payload: object) -> str:
 _SCANS: dict[str, tuple[list[FontFile], dict[int, list[int]]]] = {}
 
 
+def _read_font_scan(path: Path) -> tuple[list[FontFile], np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        fonts = [FontFile(str(p), str(f)) for p, f in zip(data["paths"], data["families"])]
+        return fonts, data["codepoints"], data["font_index"]
+
+
 def scan_fonts(files: Sequence[Path]) -> tuple[list[FontFile], dict[int, list[int]]]:
     """Each font's family and cmap: the fonts, and code point -> indices of the fonts mapping it.
 
@@ -181,10 +187,9 @@ def scan_fonts(files: Sequence[Path]) -> tuple[list[FontFile], dict[int, list[in
     if key in _SCANS:
         return _SCANS[key]
     path = cache_dir("glyphs", "fontscan") / f"{key}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as data:
-            fonts = [FontFile(str(p), str(f)) for p, f in zip(data["paths"], data["families"])]
-            codepoints, font_index = data["codepoints"], data["font_index"]
+    scan = read_cache(path, _read_font_scan)
+    if scan is not None:
+        fonts, codepoints, font_index = scan
         order = np.argsort(codepoints, kind="stable")
         codepoints, font_index = codepoints[order], font_index[order]
         starts = np.flatnonzero(np.r_[True, codepoints[1:] != codepoints[:-1]])
@@ -464,9 +469,10 @@ def build_glyphs(
     if use_cache and key in _MEMO:
         return _MEMO[key]
     path = cache_dir("glyphs", key) / "glyphs.npz" if use_cache else None
-    if path is not None and path.exists():
-        _MEMO[key] = GlyphSet.load(path)
-        return _MEMO[key]
+    cached = read_cache(path, GlyphSet.load)
+    if cached is not None:
+        _MEMO[key] = cached
+        return cached
 
     fonts, coverage = scan_fonts(files)
     candidates = candidate_alphabets(fonts, coverage, min_fonts, alphabets)

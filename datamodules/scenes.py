@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from analysis.files import atomic_write
 from datamodules.fashion_mnist import FASHION_MNIST_CLASSES, ArrayDataModule, check_split, load_fashion_mnist
 from datamodules.glyphs import GLYPHS_VERSION, build_glyphs, config_key
-from datamodules.paths import cache_dir
+from datamodules.paths import cache_dir, read_cache
 
 SCENES_VERSION = 2  # bump when composition changes, so old caches are not reused
 DOMAINS = ("source", "target")
@@ -222,6 +222,11 @@ def target_scene(index: int, split: str, seed: int, size: int, glyph_images: np.
     return compose(background.astype(np.uint8), foreground, mask), mask.astype(np.uint8), kind
 
 
+def _read_scenes(path: Path, domain: str) -> SceneSet:
+    with np.load(path, allow_pickle=False) as data:
+        return SceneSet(data["images"], data["masks"], data["labels"], domain)
+
+
 def build_scenes(
     domain: str, split: str, n: int, seed: int = 0, image_size: int = 64, use_cache: bool = True
 ) -> SceneSet:
@@ -237,9 +242,9 @@ def build_scenes(
         raise ValueError(f"n={n} must be >= 1 and image_size={image_size} >= 16")
     key = config_key([SCENES_VERSION, GLYPHS_VERSION, domain, split, n, seed, image_size])
     path = cache_dir("scenes", key) / "scenes.npz" if use_cache else None
-    if path is not None and path.exists():
-        with np.load(path) as data:
-            return SceneSet(data["images"], data["masks"], data["labels"], domain)
+    cached = read_cache(path, lambda file: _read_scenes(file, domain))
+    if cached is not None:
+        return cached
     if domain == "source":
         images, labels = load_fashion_mnist("test" if split == "test" else "train")
         part = {"train": slice(0, _FMNIST_VAL_START), "val": slice(_FMNIST_VAL_START, None)}.get(split, slice(None))

@@ -6,9 +6,10 @@ report``: a study never reads the run store itself for a report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from benchmarks.core.errors import CANNOT_WRITE, UserError
 from benchmarks.core.findings import Finding, with_completeness, write_findings_json
 from benchmarks.core.results import PlanResults, plan_results
 from benchmarks.core.runstore import RunStore
@@ -28,15 +29,29 @@ def decide(study, results: PlanResults) -> list[Finding]:
     ids = [f.id for f in findings]
     claimed = [c.id for c in study.claims]
     if sorted(ids) != sorted(claimed):
-        raise AssertionError(f"{study.name}: findings {ids} do not match its claims {claimed}")
+        raise UserError(f"study {study.name}: its findings() returned {ids}, but its claims are {claimed} "
+                        "(every claim needs exactly one Finding; the finished runs are kept)",
+                        f"fix the study's findings (benchmarks/studies/{study.name}/findings.py), then "
+                        f"`python -m benchmarks report {study.name}` rebuilds the report")
     return with_completeness(findings, results.complete, results.completeness)
 
 
-def publish(study, cfg: dict, store: RunStore, plan: list | None = None) -> Published:
-    """Decide the findings from the finished runs of the plan; write findings.json and report.md."""
+def publish(study, cfg: dict, store: RunStore, plan: list | None = None, out: Path | None = None) -> Published:
+    """Decide the findings from the finished runs of the plan; write findings.json and report.md into the
+    store (or into ``out``, e.g. a temporary directory when the store is read-only)."""
     results = plan_results(study, cfg, store, plan)
+    if out is not None:
+        results = replace(results, root=Path(out))
     findings = decide(study, results)
-    path = write_findings_json(store.root / "findings.json", study.name, results.profile, findings,
-                               results.complete, results.completeness, study.protocol)
-    report = study.write_report(results, findings)
+    try:
+        path = write_findings_json(results.root / "findings.json", study.name, results.profile, findings,
+                                   results.complete, results.completeness, study.protocol)
+        report = study.write_report(results, findings)
+    except OSError as err:
+        if err.errno not in CANNOT_WRITE:
+            raise
+        raise UserError(f"cannot write the report into {results.root}: {err.strerror} ({err.filename})",
+                        f"the finished runs are intact: `python -m benchmarks status {study.name}` lists them and "
+                        f"`python -m benchmarks report {study.name} --stdout` prints the report without writing; "
+                        "or free space / make the directory writable and run the same command again") from None
     return Published(report, path, results, findings)

@@ -20,9 +20,14 @@ def load_run(run_dir: Path) -> Run:
     path = Path(run_dir) / "run.yaml"
     if not path.exists():
         raise UserError(f"no run.yaml in {run_dir}", "pass a run directory, results/<study>/<run-key>/")
-    record = yaml.safe_load(path.read_text())
-    return Run(study=record["study"], stage=record["stage"], params=record["params"],
-               config=record["config"], needs=tuple(record.get("needs", ())))
+    try:
+        record = yaml.safe_load(path.read_text())
+        return Run(study=record["study"], stage=record["stage"], params=record["params"],
+                   config=record["config"], needs=tuple(record.get("needs", ())))
+    except (yaml.YAMLError, TypeError, KeyError) as err:
+        raise UserError(f"{path} is unreadable or incomplete ({type(err).__name__}: {err})",
+                        "run the study command that planned this run (make bench-<study> with the same PROFILE and "
+                        "--set values): it rewrites run.yaml and resumes or keeps the run") from None
 
 
 def rerun(run_dir: Path, results: str | None = None, force: bool = False) -> int:

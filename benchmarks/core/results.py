@@ -59,8 +59,12 @@ class PlanResults:
 def plan_results(study: Any, cfg: dict, store: RunStore, plan: list[Run] | None = None) -> PlanResults:
     """The finished runs of ``study.plan(cfg)`` in ``store`` (a given ``plan`` is used as is)."""
     planned = study.plan(cfg) if plan is None else plan
-    keys = {r.key for r in planned}
-    runs = [r for r in store.finished_runs() if r["key"] in keys]
+    runs = []
+    for run in planned:  # stage, params and config from the plan: a damaged run.yaml cannot hide a result
+        metrics = store.metrics_or_none(run.key)
+        if metrics is not None:
+            runs.append({"key": run.key, "stage": run.stage, "params": dict(run.params), "config": dict(run.config),
+                         "metrics": metrics, "dir": store.run_dir(run.key)})
     return PlanResults(study=store.study, profile=str(cfg.get("profile", "")), planned=planned, runs=runs,
                        cfg=cfg, root=store.root)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,6 +88,19 @@ class RunBusy(Exception):
         super().__init__(f"{key} is being run by pid {holder.get('pid')} on {holder.get('host')}")
 
 
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when the file is unreadable or not a JSON object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _warn(path: Path, consequence: str) -> None:
+    print(f"warning: {path} is unreadable (truncated or corrupt): {consequence}.", file=sys.stderr)
+
+
 def _read_lock(path: Path) -> dict:
     """The lock's holder; an unreadable lock older than a minute counts as stale (its writer died mid-write)."""
     try:
@@ -120,12 +134,15 @@ class RunStore:
         return path if path.exists() else None
 
     def status(self, key: str) -> str:
-        if (self.run_dir(key) / "metrics.json").exists():
+        if self.metrics_or_none(key) is not None:
             return "finished"
         path = self.run_dir(key) / "status.json"
         if not path.exists():
             return "pending"
-        record = json.loads(path.read_text())
+        record = _read_json(path)
+        if record is None:
+            _warn(path, "its status is taken as interrupted; the next launch resumes the run and rewrites it")
+            return "interrupted"
         status = record.get("status", "pending")
         if status == "running" and _dead_here(record):
             return "interrupted"  # its process is gone (kill -9, crash) on this host
@@ -186,15 +203,37 @@ class RunStore:
     def metrics(self, key: str) -> dict:
         return json.loads((self.run_dir(key) / "metrics.json").read_text())
 
+    def metrics_or_none(self, key: str) -> dict | None:
+        """The run's metrics, or None when it has not finished. An unreadable metrics.json (truncated, edited)
+        is set aside as metrics.json.corrupt with a warning: the run then counts as interrupted, and resuming
+        from its final checkpoint writes it again (the logged metrics travel with the checkpoint)."""
+        path = self.run_dir(key) / "metrics.json"
+        if not path.exists():
+            return None
+        metrics = _read_json(path)
+        if metrics is None:
+            _warn(path, "set aside as metrics.json.corrupt; the run resumes from its last checkpoint to rewrite it")
+            try:
+                path.replace(path.with_name("metrics.json.corrupt"))
+            except OSError:
+                pass  # a read-only store: the warning stands, the run counts as unfinished
+        return metrics
+
     def finished_runs(self, stage: str | None = None) -> list[dict]:
-        """Every finished run as {'key', 'stage', 'params', 'config', 'metrics', 'dir'}."""
+        """Every finished run as {'key', 'stage', 'params', 'config', 'metrics', 'dir'} (a run whose run.yaml
+        is unreadable is left out with a warning; reports read the plan instead: results.plan_results)."""
         rows = []
         for metrics_path in sorted(self.root.glob("*/metrics.json")):
             run_dir = metrics_path.parent
-            record = yaml.safe_load((run_dir / "run.yaml").read_text())
-            if stage is not None and record["stage"] != stage:
+            metrics = self.metrics_or_none(run_dir.name)
+            try:
+                record = yaml.safe_load((run_dir / "run.yaml").read_text())
+                run_stage, params, config = record["stage"], record["params"], record["config"]
+            except (OSError, yaml.YAMLError, TypeError, KeyError):
+                _warn(run_dir / "run.yaml", "this run is left out of the list (the study command rewrites it)")
                 continue
-            rows.append({"key": run_dir.name, "stage": record["stage"], "params": record["params"],
-                         "config": record["config"], "metrics": json.loads(metrics_path.read_text()),
-                         "dir": run_dir})
+            if metrics is None or (stage is not None and run_stage != stage):
+                continue
+            rows.append({"key": run_dir.name, "stage": run_stage, "params": params, "config": config,
+                         "metrics": metrics, "dir": run_dir})
         return rows

@@ -62,6 +62,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _unloadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded safely (None when it can): torch.load with weights_only=True."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- any failure to load means: do not resume from it
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    return None
+
+
 def global_rank() -> int:
     """Rank of this process under DDP/SLURM (0 when alone): only rank 0 writes the run store."""
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
@@ -129,14 +140,30 @@ class RunContext:
         return L.Trainer(**options)
 
     def resume_path(self) -> str | None:
-        """The checkpoint to resume from: a SLURM requeue checkpoint if newer, else last.ckpt, else None."""
+        """The checkpoint to resume from: the newest loadable of a SLURM requeue checkpoint and last.ckpt, else None.
+
+        A checkpoint that does not load as tensors and plain data (truncated, corrupt, or holding pickled code:
+        ``weights_only`` loading never runs it) is set aside as ``<name>.corrupt`` with a warning; the run then
+        resumes from the previous good one, or restarts from scratch, and says so.
+        """
         candidates = list(self.run_dir.glob("hpc_ckpt_*.ckpt"))
         last = self.store.last_checkpoint(self.run.key)
         if last is not None:
             candidates.append(last)
-        if not candidates:
-            return None
-        return str(max(candidates, key=lambda p: p.stat().st_mtime))
+        for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+            problem = _unloadable(path)
+            if problem is None:
+                return str(path)
+            others = "resuming from an older checkpoint" if len(candidates) > 1 else "restarting this run from scratch"
+            print(f"warning: checkpoint {path} cannot be loaded ({problem}); set aside as {path.name}.corrupt, "
+                  f"{others}.", file=sys.stderr)
+            if global_rank() == 0:
+                try:
+                    path.replace(path.with_name(path.name + ".corrupt"))
+                except OSError:
+                    pass
+            candidates.remove(path)
+        return None
 
     def outputs(self):
         """Files in the run directory and the run's W&B run, for work outside a Trainer (rank 0 writes):

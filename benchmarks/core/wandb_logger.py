@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from benchmarks.core.config import flatten
+from benchmarks.core.errors import UserError
 
 
 def wandb_run_id(study: str, key: str) -> str:
@@ -27,6 +28,35 @@ def wandb_run_id(study: str, key: str) -> str:
 
 def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE", "offline")
+
+
+def check_online_logging(timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when online W&B logging cannot work: no API key (WANDB_API_KEY or a
+    netrc entry for the W&B host) or no route to the host. Without this, wandb asks for a key on a batch node
+    or retries for ~90 s per run and then fails; offline logging (the default) needs neither."""
+    import netrc
+    import socket
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(url).hostname or "api.wandb.ai"
+    offline = "use --wandb offline (the default: runs are kept and uploaded later with `wandb sync`)"
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            entry = None
+        key = entry[2] if entry else None
+    if not key:
+        raise UserError(f"--wandb online (WANDB_MODE=online) but no W&B API key for {host} is set up",
+                        f"run `wandb login` or set WANDB_API_KEY, or {offline}")
+    port = urlparse(url).port or (443 if url.startswith("https") else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise UserError(f"--wandb online but {host}:{port} cannot be reached ({err})",
+                        f"check the network or WANDB_BASE_URL, or {offline}") from None
 
 
 def make_loggers(study: str, stage: str, key: str, name: str, config: dict, params: dict,

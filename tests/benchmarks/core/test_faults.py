@@ -131,3 +131,174 @@ def test_result_files_are_readable_by_collaborators(study, tmp_path, no_umask_ch
     run_dir = RunStore("digits", tmp_path).run_dir(_keys(study, cfg)[0])
     for name in ("metrics.json", "status.json", "run.yaml"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# --- 4. corrupt or truncated files --------------------------------------------------------------
+
+def test_a_truncated_checkpoint_is_set_aside_and_the_run_restarts_from_scratch(study, tmp_path, capsys):
+    cfg = {"epochs": 3, "seeds": [0], "profile": "test"}
+    key = _keys(study, cfg)[0]
+    runner.run_benchmark("digits", cfg, _launch(tmp_path / "clean"))
+    clean = _metrics(RunStore("digits", tmp_path / "clean"), key)
+    study.interrupt_at = 1
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path / "broken")) == 130
+    store = RunStore("digits", tmp_path / "broken")
+    checkpoint = store.last_checkpoint(key)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:2000])
+    study.interrupt_at = None
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path / "broken")) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {checkpoint} cannot be loaded" in err and "restarting this run from scratch" in err
+    assert checkpoint.with_name("last.ckpt.corrupt").exists()
+    assert _metrics(store, key) == clean
+
+
+class _Payload:
+    """Pickled into a checkpoint: unpickling it would create ``marker`` (code execution)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_holding_code_is_never_executed(study, tmp_path, capsys):
+    import torch
+
+    cfg = {"epochs": 2, "seeds": [0], "profile": "test"}
+    store = RunStore("digits", tmp_path)
+    key = _keys(study, cfg)[0]
+    marker = tmp_path / "code-ran"
+    store.checkpoint_dir(key).mkdir(parents=True)
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, store.checkpoint_dir(key) / "last.ckpt")
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path)) == 0
+    assert not marker.exists() and store.is_finished(key)
+    assert "cannot be loaded" in capsys.readouterr().err
+
+
+def test_a_corrupt_metrics_json_is_set_aside_and_written_again_from_the_final_checkpoint(study, tmp_path, capsys):
+    cfg = {"epochs": 2, "seeds": [0], "profile": "test"}
+    runner.run_benchmark("digits", cfg, _launch(tmp_path))
+    store = RunStore("digits", tmp_path)
+    key = _keys(study, cfg)[0]
+    before = _metrics(store, key)
+    (store.run_dir(key) / "metrics.json").write_text('{"train_loss": 0.5,\n')
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path)) == 0
+    assert f"{store.run_dir(key) / 'metrics.json'} is unreadable" in capsys.readouterr().err
+    assert (store.run_dir(key) / "metrics.json.corrupt").exists()
+    assert _metrics(store, key) == before
+
+
+def test_a_corrupt_status_json_counts_as_interrupted_and_blocks_nothing(study, tmp_path):
+    cfg = {"epochs": 1, "seeds": [0, 1], "profile": "test"}
+    store = RunStore("digits", tmp_path)
+    key = _keys(study, cfg)[0]
+    store.set_status(key, "running")
+    (store.run_dir(key) / "status.json").write_text("{not json")
+    assert store.status(key) == "interrupted"
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path)) == 0
+    assert all(store.is_finished(r.key) for r in study.plan(cfg))
+
+
+def test_a_damaged_run_yaml_neither_hides_a_result_nor_breaks_rerun(study, tmp_path, monkeypatch, capsys):
+    from benchmarks.__main__ import main
+    from tests.benchmarks.digits_study import REGISTRATION
+
+    cfg = {"epochs": 1, "seeds": [0, 1], "profile": "test"}
+    runner.run_benchmark("digits", cfg, _launch(tmp_path))
+    store = RunStore("digits", tmp_path)
+    key = _keys(study, cfg)[0]
+    (store.run_dir(key) / "run.yaml").write_text("study: [digits\n")
+    monkeypatch.setenv("TSUITE_EXTRA_STUDIES", REGISTRATION)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("epochs: 1\nseeds: [0, 1]\nprofile: test\n")
+    assert main(["report", "digits", "--config", str(config), "--results", str(tmp_path)]) == 0
+    findings = json.loads((store.root / "findings.json").read_text())
+    assert findings["completeness"] == "4 of 4 runs"
+    assert main(["rerun", str(store.run_dir(key))]) == 2
+    assert f"{store.run_dir(key) / 'run.yaml'} is unreadable" in capsys.readouterr().err
+
+
+# --- 5. the environment: read-only or full disk, W&B online without a key or a network ----------
+
+def _refuse_writes_under(monkeypatch, root, code: int) -> None:
+    """Every atomic write below ``root`` fails as the file system would (EROFS, ENOSPC)."""
+    import errno
+
+    import analysis.files
+
+    real = analysis.files.atomic_write
+
+    def refusing(path, write, **kwargs):
+        if str(path).startswith(str(root)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, write, **kwargs)
+
+    monkeypatch.setattr(analysis.files, "atomic_write", refusing)
+    monkeypatch.setattr("benchmarks.core.runstore.atomic_write", refusing)
+    assert code in (errno.EROFS, errno.ENOSPC)
+
+
+def test_a_read_only_store_of_finished_runs_still_gives_status_and_the_report(study, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from benchmarks.__main__ import main
+    from tests.benchmarks.digits_study import REGISTRATION
+
+    cfg = {"epochs": 1, "seeds": [0, 1], "profile": "test"}
+    runner.run_benchmark("digits", cfg, _launch(tmp_path))
+    report = (RunStore("digits", tmp_path).root / "report.md").read_text()
+    monkeypatch.setenv("TSUITE_EXTRA_STUDIES", REGISTRATION)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("epochs: 1\nseeds: [0, 1]\nprofile: test\n")
+    _refuse_writes_under(monkeypatch, tmp_path / "digits", errno.EROFS)
+    capsys.readouterr()
+    args = ["--config", str(config), "--results", str(tmp_path)]
+    assert main(["digits", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and "report digits --stdout" in err and "Traceback" not in err
+    assert main(["status", "digits", *args]) == 0
+    assert "4 finished" in capsys.readouterr().out
+    assert main(["report", "digits", "--stdout", *args]) == 0
+    assert capsys.readouterr().out == report
+
+
+def test_a_full_disk_during_a_run_is_one_paragraph_and_the_run_resumes_later(study, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from benchmarks.__main__ import main
+    from tests.benchmarks.digits_study import REGISTRATION
+
+    monkeypatch.setenv("TSUITE_EXTRA_STUDIES", REGISTRATION)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("epochs: 1\nseeds: [0]\nprofile: test\n")
+    with monkeypatch.context() as patch:
+        metrics = RunStore("digits", tmp_path).run_dir(_keys(study, {"seeds": [0], "epochs": 1})[0]) / "metrics.json"
+        _refuse_writes_under(patch, metrics, errno.ENOSPC)
+        assert main(["digits", "--config", str(config), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "metrics.json" in err and "Traceback" not in err
+    assert main(["digits", "--config", str(config), "--results", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("setup, message", [
+    ({"WANDB_API_KEY": ""}, "no W&B API key"),
+    ({"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}, "cannot be reached"),
+])
+def test_wandb_online_without_a_key_or_a_network_fails_before_any_training(study, tmp_path, monkeypatch, capsys,
+                                                                           setup, message):
+    from benchmarks.__main__ import main
+    from tests.benchmarks.digits_study import REGISTRATION
+
+    monkeypatch.setenv("TSUITE_EXTRA_STUDIES", REGISTRATION)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for name, value in setup.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("epochs: 1\nseeds: [0]\nprofile: test\n")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # restored after the test: --wandb online sets it
+    assert main(["digits", "--config", str(config), "--results", str(tmp_path), "--wandb", "online"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "use --wandb offline" in err
+    assert not list(tmp_path.glob("digits/*/run.yaml"))  # nothing started

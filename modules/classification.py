@@ -6,7 +6,9 @@ checkpoint's hyperparameters and in the W&B config:
 
 - ``backbone``: ``"conv4"`` (modules/nets/conv4.py) or any timm model name (``"resnet18"``, ...);
 - ``finetune_mode``: which layer groups train, see :mod:`modules.finetune_modes`
-  (``full``, ``head``, ``lower``, ``body``, ``groups`` with ``trainable=[...]``);
+  (``full``, ``head``, ``lower``, ``body``, ``groups`` with ``trainable=[...]``). ``lower`` trains
+  the first ``lower_layers`` body groups **and the head**: a lower arm with a frozen (possibly
+  random) classifier is not comparable with head-only fine-tuning, whose classifier trains;
 - ``head_policy``: what :meth:`load_pretrained` does with the source head: ``"reinit"`` draws a fresh
   head from ``head_seed`` (needed when the class count changes), ``"keep"`` loads it too.
 
@@ -111,7 +113,8 @@ class ClassificationModule(L.LightningModule):
         pretrained: timm ImageNet weights (needs downloads; conv4 has none).
         lr, optimizer, momentum, weight_decay, scheduler: ``adam``/``adamw``/``sgd``; ``none``/``cosine``
             (cosine over ``trainer.max_epochs``).
-        finetune_mode, trainable, lower_layers: which groups train (modules.finetune_modes).
+        finetune_mode, trainable, lower_layers: which groups train (``select_trainable`` of
+            modules.finetune_modes; ``lower`` trains the first ``lower_layers`` body groups and the head).
         head_policy: ``"reinit"`` or ``"keep"``: applied by :meth:`load_pretrained`.
         head_seed: seed of a re-initialised head (the head is the same for every mode of a seed).
     """

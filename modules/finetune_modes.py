@@ -10,8 +10,9 @@ and what a similarity callback watches.
 Modes (``FINETUNE_MODES``):
 - ``"full"``: every group trains;
 - ``"head"``: only the head trains (a linear probe on frozen features);
-- ``"lower"``: only the first ``lower_layers`` body groups train (head and upper groups frozen):
-  representation change confined to early layers;
+- ``"lower"``: the first ``lower_layers`` body groups and the head train (upper groups frozen):
+  representation change confined to early layers, with a trained classifier like head-only's (a frozen,
+  possibly random, head would make the two arms incomparable);
 - ``"body"``: every group but the head (frozen head, as in BOIL);
 - ``"groups"``: exactly the groups listed in ``trainable``.
 
@@ -149,7 +150,7 @@ def select_trainable(mode: str, groups: LayerGroups, trainable: Sequence[str] | 
             raise FinetuneConfigError(f"lower_layers={lower_layers} is outside 1..{len(groups.body)}",
                                       f"train between 1 and {len(groups.body)} body groups "
                                       f"({', '.join(groups.body)})")
-        return list(groups.body[:count])
+        return [*groups.body[:count], groups.head]
     if not trainable:
         raise FinetuneConfigError('mode "groups" needs the list of groups to train',
                                   f"pass trainable=[...] with names from {', '.join(groups.names)}")

@@ -66,7 +66,7 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")
     mode = wandb_mode()
     flat = {**flatten(config), **{f"params.{k}": v for k, v in params.items()}, "run_key": key}
-    wandb_logger = WandbLogger(
+    wandb_logger = ContinuingWandbLogger(
         project=f"transfer-suite-{study}",
         name=name,
         id=wandb_run_id(study, key),
@@ -83,6 +83,36 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
     wandb_logger._wandb_init.pop("anonymous", None)
     csv_logger = AppendingCSVLogger(save_dir=str(run_dir), name="csv", version="")
     return [wandb_logger, csv_logger]
+
+
+class ContinuingWandbLogger(WandbLogger):
+    """A WandbLogger whose resumed run continues the step count of its earlier parts.
+
+    Offline, every process that resumes a run writes a new ``offline-run-*`` directory with the same run id,
+    and wandb's ``_step`` would start again at 0 (on upload, rows with a step already seen are dropped).
+    The first use of the experiment moves the step past the last one logged by the earlier parts, so that
+    ``wandb sync`` of all parts (it uploads parts of one run in order of start time) gives one history.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        run = super().experiment
+        if not getattr(self, "_continued", False):
+            self._continued = True
+            last = last_logged_step(Path(self.save_dir or "."), run.id, exclude=Path(run.dir).parent)
+            if last is not None:
+                run.log({}, step=last + 1, commit=False)
+        return run
+
+
+def last_logged_step(run_dir: Path, run_id: str, exclude: Path | None = None) -> int | None:
+    """The highest ``_step`` in the earlier offline parts of W&B run ``run_id`` under ``run_dir`` (None: none)."""
+    from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
+
+    steps = [step for part in find_offline_runs(run_dir) if part.name.endswith(run_id) and part != exclude
+             for step in read_offline_run(part, wait=0).series("_step")]
+    return max(steps) if steps else None
 
 
 class AppendingExperimentWriter(ExperimentWriter):

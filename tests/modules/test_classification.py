@@ -55,13 +55,20 @@ def test_full_fine_tuning_moves_every_group_and_the_batchnorm_statistics(tmp_pat
     assert "block3.1.running_mean" in changed  # the control: trainable BN statistics do follow the data
 
 
-def test_lower_layers_only_trains_the_first_blocks_and_leaves_the_head_unchanged(tmp_path):
+def test_lower_layers_trains_the_first_blocks_and_the_head_and_leaves_the_upper_blocks_unchanged(tmp_path):
+    """The head trains too, so "lower" and head-only both end with a trained classifier (like for like)."""
     module = conv4("lower", lower_layers=2)
+    assert module.trainable_groups == ["block1", "block2", "head"]
     before = snapshot(module)
     fit(module, tmp_path)
     changed = changed_keys(before, module)
-    assert {k.split(".")[0] for k in changed} == {"block1", "block2"}
-    assert not any(k.startswith(("block3", "block4", "head")) for k in changed)
+    assert {k.split(".")[0] for k in changed} == {"block1", "block2", "head"}
+    assert not any(k.startswith(("block3", "block4")) for k in changed)
+
+
+def test_lower_mode_on_a_timm_model_trains_its_first_feature_groups_and_its_classifier():
+    module = ClassificationModule("test_resnet", K, in_channels=1, finetune_mode="lower", lower_layers=2)
+    assert module.trainable_groups == ["act1", "layer1", "fc"]
 
 
 def test_a_list_of_groups_trains_exactly_those(tmp_path):
@@ -88,8 +95,9 @@ def test_the_optimizer_only_holds_trainable_parameters():
 
 def test_frozen_state_lists_frozen_parameters_and_frozen_norm_buffers():
     state = conv4("lower", lower_layers=1).frozen_state()
-    assert "block2.0.weight" in state and "block4.1.running_var" in state and "head.weight" in state
-    assert not any(k.startswith("block1.") for k in state)
+    assert "block2.0.weight" in state and "block4.1.running_var" in state
+    assert not any(k.startswith(("block1.", "head.")) for k in state)
+    assert "block2.0.weight" in conv4("head").frozen_state()
 
 
 def test_reinit_head_policy_keeps_the_body_and_draws_the_head_from_its_seed():
@@ -164,7 +172,8 @@ def test_head_only_layers_keep_a_linear_cka_of_one_with_the_start_network(tmp_pa
     snapshots = RepresentationSnapshot(probe, probe_size=48, save=False)
     tracker = SimilarityTracker(("start",), "linear_cka", snapshots=snapshots, heatmaps="never", out_dir=tmp_path)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[snapshots, tracker])
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[snapshots, tracker],
+                        accelerator="cpu")
     trainer.fit(module, data())
     final = {r["layer"]: r["value"] for r in tracker.rows if r["tag"] == snapshots.latest.tag}
     assert list(final) == module.default_watch_layers()

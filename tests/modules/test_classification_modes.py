@@ -45,8 +45,8 @@ def test_modes_pick_their_groups_in_network_order():
     assert select_trainable("full", groups) == list(groups.names)
     assert select_trainable("head", groups) == ["head"]
     assert select_trainable("body", groups) == ["block1", "block2", "block3", "block4"]
-    assert select_trainable("lower", groups) == ["block1", "block2"]  # default: lower half of the body
-    assert select_trainable("lower", groups, lower_layers=1) == ["block1"]
+    assert select_trainable("lower", groups) == ["block1", "block2", "head"]  # default: lower half of the body
+    assert select_trainable("lower", groups, lower_layers=1) == ["block1", "head"]
     assert select_trainable("groups", groups, trainable=["head", "block1"]) == ["block1", "head"]
     assert set(FINETUNE_MODES) == {"full", "head", "lower", "body", "groups"}
 

@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks.core.stats import seed_means
 
 TOP_LAYERS = 2  # "the last block and head": the last body group and the head
+REFERENCES = ("start", "random_init")  # fine-tuning runs compare with the start network and a fresh random one
 
 
 def epoch_rows(rows: list[dict]) -> list[dict]:

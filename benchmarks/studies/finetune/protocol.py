@@ -41,6 +41,11 @@ EQUIVALENCE_REASON = ("0.1 of CKA is a tenth of its range and about the seed-to-
                       "the tiny profile; it is far smaller than the collapse the paper reports (from about 0.9 to "
                       "0.02-0.06), so a difference inside it cannot be a collapse")
 MIN_NOISE_LEVELS = 3  # the noise trend needs at least three label-noise degrees of the reference task
+HEAD_POLICY_FOR_PERMUTED = "keep"
+REINIT_PERMUTED_REASON = ("with head_policy reinit the fresh random head is exchangeable across classes, so permuting "
+                          "the target labels changes nothing in distribution: the outcome is fixed by construction "
+                          "(equivalence up to noise) and is not tested; run with finetune.head_policy=keep, as the "
+                          "paper's code does (it loads the whole source network, head included)")
 
 # ------------------------------------------------------------------------------------------- claims
 DEPTH_TREND = Claim(
@@ -58,14 +63,15 @@ UNLEARNED_WITH_NOISE = Claim(
     "unlearned_with_noise", "Pre-trained structure is unlearned if not usable: top-layer similarity to start "
     "falls as label noise grows (full fine-tuning)", PAPER)
 PERMUTED_KEPT = Claim(
-    "permuted_kept", "Usable structure is kept: permuted labels leave the top layers as similar to start as the "
-    "reference target (full fine-tuning)", PAPER, margin=EQUIVALENCE_MARGIN, margin_reason=EQUIVALENCE_REASON)
+    "permuted_kept", "Usable structure is kept: with the source head kept, permuted labels leave the top layers as "
+    "similar to start as the reference target (full fine-tuning)", PAPER, margin=EQUIVALENCE_MARGIN,
+    margin_reason=EQUIVALENCE_REASON)
 GAP_GROWS = Claim(
     "gap_grows_with_shift", "The full vs head-only accuracy gap grows with domain shift (along findings.shift_order)",
     PAPER)
 LOWER_BEATS_HEAD = Claim(
-    "lower_beats_head", "Changing only the lower layers beats head-only fine-tuning on the most shifted target "
-    "(test accuracy)", PAPER)
+    "lower_beats_head", "Changing only the lower layers (and the head) beats head-only fine-tuning on the most "
+    "shifted target (test accuracy)", PAPER)
 CLAIMS = (DEPTH_TREND, EARLY_NEAR_ONE, TOP_COLLAPSE, UNLEARNED_WITH_NOISE, PERMUTED_KEPT, GAP_GROWS,
           LOWER_BEATS_HEAD)
 
@@ -84,6 +90,7 @@ class Settings:
     collapse_targets: list[str]
     shift_order: list[str]
     head_policy: str
+    lower_layers: int
 
     @property
     def measure(self) -> str:
@@ -213,13 +220,12 @@ def validate(cfg: dict) -> Settings:
                 raise UserError(f"finetune.head_policy=keep, but target {name} has {len(specs[name]['classes'])} "
                                 f"classes and the source {len(source['classes'])}",
                                 "use head_policy=reinit, or targets with as many classes as the source")
+    groups = layer_groups(cfg)
     lower = _optional(cfg, "finetune.lower_layers", as_int, minimum=1)
-    if backbone == "conv4" and lower is not None and lower > len(CONV4_GROUPS) - 1:
-        raise UserError(f"finetune.lower_layers={lower} exceeds conv4's {len(CONV4_GROUPS) - 1} blocks",
-                        f"use 1..{len(CONV4_GROUPS) - 1}")
-    groups = CONV4_GROUPS if backbone == "conv4" else None
-    item = (lambda k, v: as_choice(k, v, groups)) if groups else _group_name
-    trainable = _optional(cfg, "finetune.trainable", as_list, item)
+    if lower is not None and lower > len(groups) - 1:
+        raise UserError(f"finetune.lower_layers={lower} exceeds {backbone}'s {len(groups) - 1} body groups "
+                        f"({', '.join(groups[:-1])})", f"use 1..{len(groups) - 1}")
+    trainable = _optional(cfg, "finetune.trainable", as_list, lambda k, v: as_choice(k, v, groups))
     if "groups" in modes and not trainable:
         raise UserError("finetune.modes has groups but finetune.trainable is empty",
                         "list the layer groups to train, e.g. --set finetune.trainable=[block1,head]")
@@ -235,10 +241,25 @@ def validate(cfg: dict) -> Settings:
     shift = check(cfg, "findings.shift_order", as_list, _name_in(specs, "shift-order target"), min_length=2)
     return Settings(seeds=run_seeds, modes=modes, targets=planned, specs=specs, measures=measures,
                     reference=reference, collapse_targets=collapse, shift_order=shift,
-                    head_policy=head_policy)
+                    head_policy=head_policy, lower_layers=lower if lower is not None else (len(groups) - 1) // 2)
 
 
-def _group_name(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise UserError(f"{key}={value!r} is not a layer group name", "use a group name of the model, e.g. layer1")
-    return value
+def layer_groups(cfg: dict) -> tuple[str, ...]:
+    """The model's layer groups, input side first, head last: conv4's blocks, or a timm model's groups cut at
+    its ``feature_info`` points (found by name, modules/finetune_modes.py), built on the meta device (no
+    memory, no weights) so a model that cannot be cut into groups stops the plan before any training."""
+    backbone = cfg["model"]["backbone"]
+    if backbone == "conv4":
+        return CONV4_GROUPS
+    import torch
+
+    from modules.classification import build_backbone
+    from modules.finetune_modes import FinetuneConfigError
+
+    try:
+        with torch.device("meta"):
+            _, groups = build_backbone(backbone, 2, int(cfg["model"]["in_channels"]),
+                                       int(cfg["model"]["image_size"]))
+    except FinetuneConfigError as err:
+        raise UserError(f"model.backbone={backbone}: {err.problem}", err.fix) from None
+    return groups.names

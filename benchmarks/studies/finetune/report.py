@@ -59,13 +59,18 @@ def write_report(results, findings: list, protocol: str) -> Path:
     cfg, report_dir = results.cfg, Path(results.root)
     runs, targets, modes, measure, layers = _axes(results)
     pre = results.stage("pretrain")
+    measures = list(cfg["similarity"]["measures"])
     figures = report_dir / "figures"
     parts = [header(TITLE, results)]
     parts.append(
         "Pretrain on the source task, fine-tune on each target in each mode, and compare every layer group's "
         "representation of a fixed probe set (the target's test images) with the network at the start of "
-        f"fine-tuning and with a freshly initialised one ({', '.join(cfg['similarity']['measures'])}). "
-        f"Head policy: `{cfg['finetune'].get('head_policy', 'reinit')}`. Reference problem for comparisons: "
+        f"fine-tuning and with a freshly initialised one ({', '.join(cfg['similarity']['measures'])}; the first "
+        f"decides the findings). Head policy: `{cfg['finetune'].get('head_policy', 'reinit')}` (`keep` loads the "
+        "source head, as the paper's code does; `reinit` draws a fresh one). `lower` trains the first "
+        f"{cfg['finetune'].get('lower_layers') or 'half of the'} body groups and the head. The unit of replication "
+        f"is the pretraining seed ({len({r['params']['seed'] for r in pre})} pretrained networks, each with "
+        "its own fine-tuning runs): n in the findings counts seeds, not runs. Reference problem for comparisons: "
         f"`{cfg['findings']['reference_target']}` (small data inflates CKA everywhere, so the findings "
         "compare targets with it rather than reading raw values).\n")
     parts.append(findings_section(findings, results, protocol))
@@ -81,19 +86,27 @@ def write_report(results, findings: list, protocol: str) -> Path:
                              r["metrics"].get("source_train_acc", math.nan))
                             for r in sorted(pre, key=lambda r: r["params"]["seed"])]))
     if runs:
-        parts += _tables(cfg, runs, targets, modes, measure, layers, figures, report_dir)
+        parts += _tables(cfg, runs, targets, modes, measures, layers, figures, report_dir)
+        parts.append("## Per-layer similarity at the end of fine-tuning, over seeds\n")
+        for mode in modes:
+            path = figures / f"layers_{mode}.png"
+            if _layer_figure(runs, targets, mode, measures, layers, path):
+                parts.append(figure(path, report_dir, f"{mode}: final similarity of each layer with the start and "
+                                                      f"a random network ({', '.join(measures)}; mean over seeds, "
+                                                      "band = 95% CI over seeds)"))
         parts.append("## Curves over fine-tuning\n")
         for mode in modes:
-            path = figures / f"curves_{mode}.png"
-            if _curves_figure(runs, targets, mode, measure, "start", path):
-                parts.append(figure(path, report_dir, f"{mode}: per-layer {measure} with the start network "
-                                                      "(mean over seeds, band = min-max)"))
+            for m in measures:
+                path = figures / (f"curves_{mode}.png" if m == measure else f"curves_{mode}_{m}.png")
+                if _curves_figure(runs, targets, mode, m, "start", path):
+                    parts.append(figure(path, report_dir, f"{mode}: per-layer {m} with the start network "
+                                                          "(mean over seeds, band = min-max over seeds)"))
         pre_curve = _pretrain_figure(pre, measure, figures / "pretrain_curves.png")
         if pre_curve:
             parts.append(figure(pre_curve, report_dir, f"Pretraining: per-layer {measure} with the initial network"))
         parts.append(_paper_note())
     header_row = ["target", "mode", "seed", "test_acc", "train_acc", "label_agreement",
-                  *[an.sim_key(measure, layer, ref) for ref in ("start", "random_init") for layer in layers]]
+                  *[an.sim_key(m, layer, ref) for m in measures for ref in an.REFERENCES for layer in layers]]
     write_csv(report_dir / "summary.csv", header_row,
               [(r["params"]["target"], r["params"]["mode"], r["params"]["seed"],
                 *[r["metrics"].get(h, "") for h in header_row[3:]])
@@ -103,7 +116,7 @@ def write_report(results, findings: list, protocol: str) -> Path:
     return path
 
 
-def _tables(cfg, runs, targets, modes, measure, layers, figures: Path, report_dir: Path) -> list[str]:
+def _tables(cfg, runs, targets, modes, measures, layers, figures: Path, report_dir: Path) -> list[str]:
     parts = ["## Test accuracy (mean ± 95% CI half-width over seeds)\n",
              "Noisy-label targets are tested on clean labels; permuted targets on permuted labels.\n",
              table(["target", "data", *modes],
@@ -116,24 +129,59 @@ def _tables(cfg, runs, targets, modes, measure, layers, figures: Path, report_di
              "Cells: mean over seeds; `n` = runs (= seeds) per cell.\n",
              table(["target", *modes], [(t, *[len(an.select(runs, target=t, mode=m)) for m in modes])
                                         for t in targets])]
-    for reference in ("start", "random_init"):
-        parts.append(f"## Final per-layer {measure} with the {reference} network (mean over seeds)\n")
-        rows = []
-        for t in targets:
-            for m in modes:
-                group = an.select(runs, target=t, mode=m)
-                if group:
-                    rows.append((t, m, *[mean_ci(an.metric(group, an.sim_key(measure, layer, reference))).mean
-                                         for layer in layers]))
-        parts.append(table(["target", "mode", *layers], rows))
-        if rows:
-            matrix = np.array([r[2:] for r in rows], dtype=float)
-            path = figures / f"final_{reference}.png"
-            _final_heatmap([f"{r[0]} / {r[1]}" for r in rows], layers, matrix, f"final {measure} with {reference}",
-                           path)
-            parts.append(figure(path, report_dir, f"Final {measure} per layer with the {reference} "
-                                                  "network (rows: target / mode)"))
+    for measure in measures:
+        for reference in an.REFERENCES:
+            parts.append(f"## Final per-layer {measure} with the {reference} network (mean over seeds)\n")
+            rows = []
+            for t in targets:
+                for m in modes:
+                    group = an.select(runs, target=t, mode=m)
+                    if group:
+                        rows.append((t, m, *[mean_ci(an.metric(group, an.sim_key(measure, layer, reference))).mean
+                                             for layer in layers]))
+            parts.append(table(["target", "mode", *layers], rows))
+            if rows and measure == measures[0]:
+                matrix = np.array([r[2:] for r in rows], dtype=float)
+                path = figures / f"final_{reference}.png"
+                _final_heatmap([f"{r[0]} / {r[1]}" for r in rows], layers, matrix,
+                               f"final {measure} with {reference}", path)
+                parts.append(figure(path, report_dir, f"Final {measure} per layer with the {reference} "
+                                                      "network (rows: target / mode)"))
     return parts
+
+
+def _layer_figure(runs: list[dict], targets: list[str], mode: str, measures: list[str], layers: list[str],
+                  path: Path) -> bool:
+    """Final similarity per layer: a row per measure, a column per reference (start, random_init); a line per
+    target, the mean over seeds with its 95% CI over seeds as a band (one value per seed and cell)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(measures), len(an.REFERENCES), figsize=(4.2 * len(an.REFERENCES),
+                             2.9 * len(measures)), squeeze=False, sharex=True, sharey=True)
+    xs = list(range(len(layers)))
+    drawn = False
+    for row, measure in enumerate(measures):
+        for col, reference in enumerate(an.REFERENCES):
+            ax = axes[row][col]
+            for target in targets:
+                group = an.select(runs, target=target, mode=mode)
+                estimates = [mean_ci(an.metric(group, an.sim_key(measure, layer, reference))) for layer in layers]
+                if not group or all(e.n == 0 for e in estimates):
+                    continue
+                means = [e.mean for e in estimates]
+                line = ax.plot(xs, means, marker="o", ms=3, label=target)[0]
+                if all(e.n >= 2 for e in estimates):
+                    ax.fill_between(xs, [max(e.low, -0.05) for e in estimates], [min(e.high, 1.05) for e in estimates],
+                                    alpha=0.15, color=line.get_color())
+                drawn = True
+            ax.set_title(f"{measure} with {reference}", fontsize=9)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xticks(xs, layers, rotation=30, fontsize=7)
+    axes[0][0].set_ylabel("similarity")
+    if drawn:
+        axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{mode} fine-tuning: final similarity per layer (mean over seeds, band = 95% CI)")
+    save_figure(fig, path)
+    return drawn
 
 
 def _pyplot():

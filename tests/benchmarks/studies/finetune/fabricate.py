@@ -22,6 +22,7 @@ LAYERS = ["block1", "block2", "block3", "block4", "head"]
 TARGETS = ["same", "heldout", "cross", "permuted", "noise-0.25", "noise-0.5", "random"]
 MODES = ["head", "full", "lower"]
 SEEDS = [0, 1, 2, 3, 4]
+MEASURES = ["linear_cka", "rsa_spearman"]  # the tiny profile's measures; the first decides the findings
 
 DEPTH = [0.01, 0.03, 0.08, 0.25, 0.35]  # how much each layer moves away from the start, input side first
 DAMAGE = {"same": 0.0, "heldout": 0.3, "cross": 0.9, "permuted": 0.02, "noise-0.25": 0.3, "noise-0.5": 0.6,
@@ -52,16 +53,17 @@ def metrics(target: str, mode: str, seed: int, *, reverse: bool = False,
     acc = BASE_ACC[target] + gains[mode] + rng.normal(0, 0.005)
     return {"test_acc": acc, "train_acc": acc, "label_agreement": 1.0, "trainable_groups": 5.0,
             "frozen_params_changed": 0.0,
-            **{f"linear_cka.start.{k}": v for k, v in cka.items()},
-            **{f"linear_cka.random_init.{k}": 0.2 for k in LAYERS},
+            **{f"{measure}.start.{k}": v for measure in MEASURES for k, v in cka.items()},
+            **{f"{measure}.random_init.{k}": 0.2 for measure in MEASURES for k in LAYERS},
             **{f"depth.{k}": float(i) for i, k in enumerate(LAYERS)}}
 
 
 def results(tmp_path: Path, *, reverse: bool = False, damage: dict[str, float] | None = None,
-            targets=TARGETS, seeds=SEEDS) -> PlanResults:
+            targets=TARGETS, seeds=SEEDS, head_policy: str = "keep") -> PlanResults:
     """PlanResults of one pretraining run per seed and every target x mode x seed fine-tuning run."""
     cfg = tiny_cfg()
     cfg["finetune"]["targets"] = list(targets)
+    cfg["finetune"]["head_policy"] = head_policy
     runs = [row("pretrain", {"seed": s}, {"source_test_acc": 0.9, "source_train_acc": 0.95},
                 tmp_path / f"pretrain_{s}", config=cfg) for s in seeds]
     runs += [row("finetune", {"target": t, "mode": m, "seed": s},

@@ -47,9 +47,25 @@ def test_a_finding_whose_targets_are_not_planned_is_unmeasured_not_guessed(tmp_p
     assert outcome["unlearned_with_noise"].n == 0 and "label-noise degrees" in outcome["unlearned_with_noise"].detail
 
 
-def test_with_reinit_heads_the_permuted_finding_says_it_is_fixed_by_construction(tmp_path):
+def test_the_permuted_finding_is_tested_with_the_source_head_kept_and_says_so(tmp_path):
     (finding,) = [f for f in findings(results(tmp_path)) if f.id == "permuted_kept"]
-    assert "head policy `reinit`" in finding.detail and "fixed by construction" in finding.detail
+    assert finding.n == len(SEEDS) and "head policy `keep`" in finding.detail
+    assert "source head kept" in finding.claim
+
+
+def test_with_reinit_heads_the_permuted_finding_is_unmeasured_because_it_is_fixed_by_construction(tmp_path):
+    """A fresh head is exchangeable across classes: the permuted target could only match the reference, so no
+    verdict is given, even when the fabricated numbers would make the equivalence fail."""
+    for damage in (None, {"permuted": 0.9}):
+        (finding,) = [f for f in findings(results(tmp_path, head_policy="reinit", damage=damage))
+                      if f.id == "permuted_kept"]
+        assert finding.verdict == "inconclusive" and finding.n == 0
+        assert "head policy `reinit`" in finding.detail and "fixed by construction" in finding.detail
+
+
+def test_the_lower_finding_states_that_lower_trains_the_head_too(tmp_path):
+    (finding,) = [f for f in findings(results(tmp_path)) if f.id == "lower_beats_head"]
+    assert "first 2 body groups and the head" in finding.detail and "head policy `keep`" in finding.detail
 
 
 def test_the_report_shows_tables_and_findings_from_fabricated_runs(tmp_path):
@@ -59,9 +75,12 @@ def test_the_report_shows_tables_and_findings_from_fabricated_runs(tmp_path):
     assert "| id | finding | verdict |" in text and "**holds**" in text and "docs/protocols/finetune.md" in text
     assert "## Test accuracy" in text and "| target | data | head | full | lower |" in text
     assert "| target | mode | block1 | block2 | block3 | block4 | head |" in text
+    assert "## Final per-layer rsa_spearman with the start network" in text and "5 pretrained networks" in text
     summary = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(TARGETS) * len(MODES) * len(SEEDS)
-    assert (tmp_path / "figures" / "final_start.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rsa_spearman.random_init.head" in summary[0].split(",")
+    for name in ("final_start.png", "layers_full.png"):
+        assert (tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG", name
 
 
 def test_without_runs_every_claim_is_unmeasured(tmp_path):
@@ -100,7 +119,8 @@ def test_layers_are_listed_in_network_order_even_though_metrics_are_stored_sorte
     ("seeds", [], r"seeds=\[\] needs at least 1"),
     ("finetune.from_epoch", 9, r"finetune.from_epoch=9 is not a whole number >= 0 and <= 3"),
     ("finetune.head_policy", "kept", 'Did you mean "keep"'),
-    ("finetune.lower_layers", 7, r"lower_layers=7 exceeds conv4's 4 blocks"),
+    ("finetune.lower_layers", 7, r"lower_layers=7 exceeds conv4's 4 body groups \(block1, block2, block3, block4\)"),
+    ("finetune.trainable", ["blok2"], r"trainable\[0\]='blok2' is not one of block1, .*Did you mean \"block2\""),
     ("finetune.limit_batches", 0, r"finetune.limit_batches=0 is not a whole number >= 1"),
     ("similarity.measures", ["linear_ckaa"], 'Did you mean "linear_cka"'),
     ("findings.reference_target", "sme", 'Did you mean "same"'),
@@ -131,11 +151,27 @@ def test_bad_target_specs_and_mode_settings_are_refused_before_training():
         FinetuneStudy().plan(cfg)
 
 
+def test_a_timm_model_is_cut_into_layer_groups_by_name_when_the_plan_is_made():
+    """Any timm model: its groups come from its feature_info (built on the meta device, no weights), so
+    lower_layers and trainable are checked against the model's own group names before any training."""
+    cfg = load_profile("finetune", "tiny")
+    cfg["model"]["backbone"] = "test_resnet"
+    cfg["finetune"]["lower_layers"] = 2
+    assert len(FinetuneStudy().plan(cfg)) == 5 + 5 * 7 * 3
+    cfg["finetune"]["lower_layers"] = 9
+    with pytest.raises(UserError, match=r"lower_layers=9 exceeds test_resnet's 5 body groups \(act1, layer1, "):
+        FinetuneStudy().plan(cfg)
+    cfg["finetune"]["lower_layers"] = 2
+    cfg["finetune"]["trainable"] = ["layer5"]
+    with pytest.raises(UserError, match='Did you mean "layer'):
+        FinetuneStudy().plan(cfg)
+
+
 def test_the_tiny_plan_is_one_pretraining_run_per_seed_and_every_target_mode_seed():
     cfg = load_profile("finetune", "tiny")
     plan = FinetuneStudy().plan(cfg)
     pretrain = {r.params["seed"]: r.key for r in plan if r.stage == "pretrain"}
     finetune = [r for r in plan if r.stage == "finetune"]
-    assert sorted(pretrain) == cfg["seeds"]
+    assert sorted(pretrain) == cfg["seeds"] and len(pretrain) >= 5  # at least 5 pretrained networks
     assert len(finetune) == len(cfg["seeds"]) * len(cfg["finetune"]["targets"]) * len(cfg["finetune"]["modes"])
     assert all(r.needs == (pretrain[r.params["seed"]],) for r in finetune)

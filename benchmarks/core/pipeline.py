@@ -6,6 +6,7 @@ report``: a study never reads the run store itself for a report.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def publish(study, cfg: dict, store: RunStore, plan: list | None = None, out: Pa
         path = write_findings_json(results.root / "findings.json", study.name, results.profile, findings,
                                    results.complete, results.completeness, study.protocol)
         report = study.write_report(results, findings)
+        if out is None:
+            _log_findings_to_wandb(study.name, results, findings)
     except OSError as err:
         if err.errno not in CANNOT_WRITE:
             raise
@@ -55,3 +58,14 @@ def publish(study, cfg: dict, store: RunStore, plan: list | None = None, out: Pa
                         f"`python -m benchmarks report {study.name} --stdout` prints the report without writing; "
                         "or free space / make the directory writable and run the same command again") from None
     return Published(report, path, results, findings)
+
+
+def _log_findings_to_wandb(study: str, results: PlanResults, findings: list[Finding]) -> None:
+    """The findings table in the study's W&B runs; a failure there is a warning, never a lost report."""
+    from benchmarks.core.wandb_logger import log_findings
+
+    try:
+        log_findings(study, results.profile, findings, results.root)
+    except Exception as err:  # noqa: BLE001 -- the report and findings.json are written already
+        print(f"warning: the findings table could not be logged to W&B ({type(err).__name__}: {err})",
+              file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -138,6 +139,35 @@ class AppendingCSVLogger(CSVLogger):
                 self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+FINDINGS_COLUMNS = ("finding", "verdict", "effect", "ci_low", "ci_high", "n", "unit", "p", "mde", "test", "claim",
+                    "paper_value", "complete")
+
+
+def log_findings(study: str, profile: str, findings: list, root: Path) -> str:
+    """Log the verdicts as a W&B table ("findings") of a study-level run (job_type "findings"), so that a
+    dashboard shows whether each finding holds. The run id is fixed per study and profile: a rebuilt report
+    continues the same W&B run. Files land in ``<root>/wandb/``; returns the run id."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_id = wandb_run_id(study, f"findings-{profile}")
+    rows = [[f.id, f.verdict, *map(_finite, (f.effect, f.ci_low, f.ci_high)), f.n, f.unit, _finite(f.p),
+             _finite(f.mde), f.test, f.claim, f.paper_value, f.complete] for f in findings]
+    run = wandb.init(project=f"transfer-suite-{study}", id=run_id, name=f"findings ({profile})", group=study,
+                     job_type="findings", dir=str(root), mode="online" if wandb_mode() == "online" else "offline",
+                     resume="allow", config={"profile": profile}, reinit="create_new",
+                     settings=wandb.Settings(console="off", silent=True))
+    try:
+        run.log({"findings": wandb.Table(columns=list(FINDINGS_COLUMNS), data=rows),
+                 **{f"finding/{f.id}/holds": float(f.verdict == "holds") for f in findings}})
+    finally:
+        run.finish()
+    return run_id
+
+
+def _finite(value: float | None) -> float | None:
+    """A number a W&B table can hold (NaN and infinities, e.g. of an unmeasured finding, become empty)."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def finish_wandb() -> None:

@@ -17,6 +17,7 @@ import pytest
 from benchmarks.core import runner
 from benchmarks.core.rerun import rerun
 from benchmarks.core.runstore import RunStore
+from tests.benchmarks.leet import leet_steps
 
 TIMING = ("wall_seconds",)
 
@@ -306,15 +307,6 @@ def test_wandb_online_without_a_key_or_a_network_fails_before_any_training(study
 
 # --- 6. W&B continuity ----------------------------------------------------------------------------
 
-def _steps_by_wandb(part) -> list[int]:
-    """_step of every history record of one offline part, read by wandb's own reader (``wandb leet inspect``)."""
-    wandb = os.path.join(os.path.dirname(sys.executable), "wandb")
-    out = subprocess.run([wandb, "leet", "inspect", "--json", str(part)], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [r["history"]["item"]["_step"] for r in records if r.get("type") == "history"]
-
-
 def test_a_resumed_run_continues_one_wandb_history(study, tmp_path):
     from benchmarks.core.wandb_reader import find_offline_runs
 
@@ -325,5 +317,5 @@ def test_a_resumed_run_continues_one_wandb_history(study, tmp_path):
     assert runner.run_benchmark("digits", cfg, _launch(tmp_path)) == 0
     parts = find_offline_runs(RunStore("digits", tmp_path).run_dir(_keys(study, cfg)[0]))
     assert len(parts) == 2  # one offline directory per process, the same run id
-    first, second = (_steps_by_wandb(part) for part in sorted(parts))
+    first, second = (leet_steps(part) for part in sorted(parts))  # read by wandb's own reader
     assert first and second and min(second) > max(first)  # steps never restart

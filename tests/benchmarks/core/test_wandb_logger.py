@@ -31,3 +31,27 @@ def test_a_fresh_directory_starts_a_new_file(tmp_path):
     logger.log_metrics({"a": 1.0}, step=0)
     logger.save()
     assert _rows(tmp_path / "csv" / "metrics.csv") == [{"a": "1.0", "step": "0"}]
+
+
+def test_the_findings_reach_wandb_as_a_table_of_a_study_level_run(study, tmp_path):
+    """A dashboard shows the verdicts: findings.json as a W&B table, read back with wandb's own reader."""
+    import json
+
+    from benchmarks.core import runner
+    from benchmarks.core.runstore import RunStore
+    from benchmarks.core.wandb_reader import find_offline_runs
+    from tests.benchmarks.leet import leet_summary
+
+    assert runner.run_benchmark("digits", {"epochs": 1, "seeds": [0, 1], "profile": "test"},
+                                runner.Launch(results=str(tmp_path))) == 0
+    root = RunStore("digits", tmp_path).root
+    (part,) = find_offline_runs(root / "wandb")
+    summary = leet_summary(part)
+    findings = json.loads((root / "findings.json").read_text())["findings"]
+    assert summary["name"] == "findings (test)" and summary["state"] == "finished"
+    table = summary["summary"]["findings"]
+    assert table["_type"] == "table-file" and table["nrows"] == len(findings)
+    logged = json.loads((part / "files" / table["path"]).read_text())
+    verdicts = {row[0]: row[1] for row in logged["data"]}
+    assert verdicts == {f["id"]: f["verdict"] for f in findings}
+    assert summary["summary"][f"finding/{findings[0]['id']}/holds"] == float(findings[0]["verdict"] == "holds")

@@ -121,9 +121,11 @@ class RunContext:
         import lightning as L
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from benchmarks.core.training import LoggedMetricsInCheckpoint
+        from benchmarks.core.training import EpochSeededRandomness, LoggedMetricsInCheckpoint
 
-        cbs = [*(callbacks or []), LoggedMetricsInCheckpoint()]  # with this run's or a study's own checkpoints
+        # exact resume from an epoch's checkpoint (this run's or a study's own): the logged metrics and the
+        # random streams of every later epoch are those of the uninterrupted run
+        cbs = [*(callbacks or []), LoggedMetricsInCheckpoint(), EpochSeededRandomness(self.seed)]
         if checkpoint:
             cbs.append(ModelCheckpoint(dirpath=self.store.checkpoint_dir(self.run.key), filename="last",
                                        save_last=False, save_top_k=1, every_n_epochs=1,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -101,3 +102,28 @@ class LoggedMetricsInCheckpoint(Callback):
         for name, value in self._restored.items():
             trainer.callback_metrics.setdefault(name, torch.tensor(value))
         self._restored = {}
+
+
+class EpochSeededRandomness(Callback):
+    """Before the first training step of every epoch, seed torch (CPU and CUDA), numpy and Python's ``random``
+    from (the run's seed, the epoch). A run resumed from an epoch's checkpoint then draws exactly the random
+    numbers (dropout masks, random layers, augmentation in the steps) that the uninterrupted run drew, whatever
+    validation, the restore or the data-loader set-up consumed before: the resumed run is the same run. (At the
+    first batch, not at epoch start: Lightning builds the epoch's data-loader iterator, which draws from the
+    global generator, before the epoch-start hook in one case and after it in the other.)"""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if batch_idx != 0:
+            return
+        import random
+
+        import numpy as np
+
+        epoch_seed = int.from_bytes(hashlib.sha256(f"{self.seed}/{trainer.current_epoch}".encode()).digest()[:4],
+                                    "little")
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        torch.manual_seed(epoch_seed)  # all CUDA devices too

@@ -26,13 +26,14 @@ REGISTRATION = "digits=tests.benchmarks.digits_study:DigitsStudy"
 
 
 class DigitsModel(L.LightningModule):
-    def __init__(self, lr: float = 0.05, epoch_delay: float = 0.0) -> None:
+    def __init__(self, lr: float = 0.05, epoch_delay: float = 0.0, dropout: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Linear(64, 10)
+        self.drop = nn.Dropout(dropout)  # random masks: a resumed run must draw the uninterrupted run's masks
         self.lr, self.epoch_delay = lr, epoch_delay
 
     def forward(self, x):
-        return self.net(x)
+        return self.net(self.drop(x))
 
     def training_step(self, batch, _):
         x, y = batch
@@ -88,6 +89,8 @@ class DigitsStudy(Study):
                      "batch_size": cfg.get("batch_size", 64)}
         if cfg.get("similarity"):  # only when asked: keeps the run keys of the other tests unchanged
             stage_cfg["similarity"] = True
+        if cfg.get("dropout"):
+            stage_cfg["dropout"] = cfg["dropout"]
         failing = {"fail": True} if "fail_seed" in cfg else {}
         pre = [Run("digits", "pretrain", {"seed": s}, {**stage_cfg, **(failing if s == cfg.get("fail_seed") else {})})
                for s in cfg["seeds"]]
@@ -100,7 +103,8 @@ class DigitsStudy(Study):
         self.executed.append(run.key)
         if run.config.get("fail"):
             raise RuntimeError(f"seed {ctx.seed} fails on purpose (config fail_seed)")
-        model = DigitsModel(run.config.get("lr", 0.05), run.config.get("epoch_delay", 0.0))
+        config = run.config
+        model = DigitsModel(config.get("lr", 0.05), config.get("epoch_delay", 0.0), config.get("dropout", 0.0))
         for key in run.needs:
             model.load_state_dict(torch.load(ctx.output_of(key) / "model.pt"))
         callbacks = [Interrupt(self.interrupt_at)] if self.interrupt_at is not None else []

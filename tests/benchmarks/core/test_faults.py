@@ -35,6 +35,20 @@ def _keys(study, cfg) -> tuple[str, str]:
     return pretrain.key, finetune.key
 
 
+# --- 1. exact resume -------------------------------------------------------------------------------
+
+def test_a_run_interrupted_at_a_checkpoint_resumes_to_the_uninterrupted_runs_metrics(study, tmp_path):
+    cfg = {"epochs": 4, "seeds": [0], "profile": "test", "dropout": 0.3}  # dropout draws random numbers
+    key = _keys(study, cfg)[0]
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path / "whole")) == 0
+    study.interrupt_at = 1
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path / "resumed")) == 130
+    study.interrupt_at = None
+    assert runner.run_benchmark("digits", cfg, _launch(tmp_path / "resumed")) == 0
+    assert _metrics(RunStore("digits", tmp_path / "resumed"), key) == _metrics(RunStore("digits", tmp_path / "whole"),
+                                                                               key)
+
+
 # --- 2. a crash after training, before metrics.json ------------------------------------------
 
 def test_a_crash_after_training_resumes_from_the_final_checkpoint_with_complete_metrics(study, tmp_path):

@@ -1,10 +1,18 @@
 """The MAML study's measurements: representation change per layer, task and checkpoint, and its data.
 
-In a run (train.py): a fixed list of test-class tasks, each with one probe image per class. Each
-task's support set drives the inner loop; at inner steps ``record_steps`` the four blocks and the
-logits are read on the probe images. Per layer and task, dissimilarities (RSA: 1 - Spearman of the
-1 - Pearson RDMs, the paper's choice; CKA: 1 - linear CKA) between inner step 0 and each recorded
-step ("within"), and between consecutive checkpoints at step 0 ("between").
+In a run (train.py), after the paper's code (Goerttler & Obermayer, github.com/ThomasGoerttler/
+similarity-analysis-of-maml, ``main.py analyze`` and ``data_generator.py``): a fixed probe set of images (one
+per class of the analysis split, the same for every analysed task and checkpoint, as the paper's code holds
+the query images constant) and a fixed list of tasks whose support sets drive the inner loop. Per layer:
+
+- ``within`` (the paper's base analysis): per checkpoint and task, the probe representations at inner step 0
+  vs the last recorded step (vs every recorded step at the final checkpoint);
+- ``between`` (the paper's neighbour analysis): the probe representations at inner step 0 of a checkpoint vs
+  those of the checkpoint before;
+- ``from_init``: the probe representations at a checkpoint vs those of the first checkpoint (the paper's
+  control, mnist.py: each layer at training step t vs step 0).
+
+Dissimilarities: RSA (1 - Spearman of the 1 - Pearson RDMs, the paper's choice) and 1 - linear CKA.
 
 After the runs (findings.py, report.py): ``collect`` reads these rows from the finished runs of the
 plan, tagged with model and seed; ``by_seed_mean`` averages rows within each seed (the unit of
@@ -20,12 +28,13 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.core.stats import Estimate, mean_ci, seed_means
 from benchmarks.studies.maml.protocol import LAYERS, MODELS
 
-# The study's measure names -> similarity's registry names (cka is reported as 1 - linear CKA).
+KINDS = ("within", "between", "from_init")
 
 
 # ============================================================================================ in a run
@@ -39,41 +48,74 @@ def dissimilarity(measure: str, x: torch.Tensor, y: torch.Tensor) -> float:
     return compare_representations({"layer": x}, {"layer": y}, measure, on_error="nan")["layer"][measure]
 
 
-def task_trajectories(module, tasks: Sequence, record: Sequence[int]) -> list[dict[int, dict[str, torch.Tensor]]]:
-    """For each task: layer activations (on CPU) on its probe images at each recorded inner step."""
-    device = module.device
-    out = []
-    for t in tasks:
-        acts = module.adaptation_activations(t.support_x.to(device), t.support_y.to(device), t.query_x.to(device),
-                                             record)
-        out.append({k: {layer: a.cpu() for layer, a in layers.items()} for k, layers in acts.items()})
-    return out
+def probe_set(dataset, count: int, seed: int) -> torch.Tensor:
+    """``count`` images, one from each of ``count`` classes of ``dataset`` drawn with ``seed``: the fixed probe
+    set every analysed task and checkpoint is read on (the paper's code holds its query images constant)."""
+    from datamodules.tasks import dataset_labels
+
+    labels = dataset_labels(dataset)
+    classes = np.unique(labels)
+    if count > len(classes):
+        raise ValueError(f"needs {count} classes but the split has {len(classes)}")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(classes, size=count, replace=False)
+    indices = [int(rng.choice(np.flatnonzero(labels == c))) for c in chosen]
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in indices])
 
 
-def analyse_checkpoints(model: str, load: Callable[[Path], Any], files: dict[int, Path], tasks: Sequence,
-                        record: Sequence[int], measures: Sequence[str]) -> dict[str, list[dict]]:
-    """Dissimilarity rows of every kept checkpoint: step 0 vs each recorded step, and consecutive checkpoints."""
-    within, between = [], []
-    previous: tuple[int, list[dict[str, torch.Tensor]]] | None = None
+def probe_activations(module, probes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every layer's output on the probe set with the module's own weights (transductive batch norm), on CPU."""
+    from modules.nets.conv4 import CONV4_LAYERS
+
+    _, inner = module.runtime()
+    with torch.no_grad():
+        acts = inner.model.activations(module.params(), probes.to(module.device), CONV4_LAYERS)
+    return {layer: a.detach().cpu() for layer, a in acts.items()}
+
+
+def inner_loop_rows(load: Callable[[Path], Any], files: dict[int, Path], tasks: Sequence, probes: torch.Tensor,
+                    record: Sequence[int], measures: Sequence[str]) -> list[dict]:
+    """Base analysis: per checkpoint and task, probe representations at inner step 0 vs the recorded steps: every
+    recorded step at the final checkpoint, the last one at the others (what the findings and figures read)."""
+    rows = []
+    final, last = max(files), max(record)
     for step in sorted(files):
         module = load(files[step])
-        trajectories = task_trajectories(module, tasks, record)
-        for index, reps in enumerate(trajectories):
+        device = module.device
+        steps = sorted(set(record)) if step == final else [0, last]
+        for index, task in enumerate(tasks):
+            acts = module.adaptation_activations(task.support_x.to(device), task.support_y.to(device),
+                                                 probes.to(device), steps)
+            reps = {k: {layer: a.cpu() for layer, a in layers.items()} for k, layers in acts.items()}
             for layer in LAYERS:
-                for k in record:
-                    if k == 0:
-                        continue
+                for k in steps[1:]:
                     for measure in measures:
-                        within.append({"model": model, "checkpoint": step, "task": index, "layer": layer,
-                                       "inner_step": k, "measure": measure,
-                                       "value": dissimilarity(measure, reps[0][layer], reps[k][layer])})
+                        rows.append({"checkpoint": step, "task": index, "layer": layer, "inner_step": k,
+                                     "measure": measure,
+                                     "value": dissimilarity(measure, reps[0][layer], reps[k][layer])})
+    return rows
+
+
+def training_rows(load: Callable[[Path], Any], files: dict[int, Path], probes: torch.Tensor,
+                  measures: Sequence[str]) -> dict[str, list[dict]]:
+    """Neighbour analysis (each checkpoint vs the one before) and change from the first checkpoint, on the probe
+    set at inner step 0 (no adaptation): how (meta-)training itself moves the representations."""
+    between, from_init = [], []
+    first: dict[str, torch.Tensor] | None = None
+    previous: tuple[int, dict[str, torch.Tensor]] | None = None
+    for step in sorted(files):
+        reps = probe_activations(load(files[step]), probes)
+        if first is None:
+            first = reps
+        for layer in LAYERS:
+            for measure in measures:
+                from_init.append({"checkpoint": step, "layer": layer, "measure": measure,
+                                  "value": dissimilarity(measure, first[layer], reps[layer])})
                 if previous is not None:
-                    for measure in measures:
-                        between.append({"model": model, "from": previous[0], "to": step, "task": index,
-                                        "layer": layer, "measure": measure,
-                                        "value": dissimilarity(measure, previous[1][index][layer], reps[0][layer])})
-        previous = (step, [reps[0] for reps in trajectories])
-    return {"within": within, "between": between}
+                    between.append({"from": previous[0], "to": step, "layer": layer, "measure": measure,
+                                    "value": dissimilarity(measure, previous[1][layer], reps[layer])})
+        previous = (step, reps)
+    return {"between": between, "from_init": from_init}
 
 
 def aggregate_tasks(rows: list[dict], keys: Sequence[str]) -> list[dict]:
@@ -88,9 +130,10 @@ def aggregate_tasks(rows: list[dict], keys: Sequence[str]) -> list[dict]:
     return out
 
 
-def final_summary(result: dict, last: int) -> dict[str, float]:
+def final_summary(within: list[dict], last: int) -> dict[str, float]:
     """A run's metrics: mean dissimilarity per layer between step 0 and the last recorded step, final checkpoint."""
-    within = result["within"]
+    if not within:
+        return {}
     final = max(r["checkpoint"] for r in within)
     rows = aggregate_tasks([r for r in within if r["checkpoint"] == final and r["inner_step"] == last],
                            ("measure", "layer"))
@@ -99,24 +142,30 @@ def final_summary(result: dict, last: int) -> dict[str, float]:
 
 # ============================================================================================ after the runs
 def model_of(run: dict) -> str:
+    """The run's network: its algorithm (maml, anil), or control for the conventionally trained CNN."""
     return run["params"].get("algorithm", "control")
 
 
 def collect(runs: Sequence[dict]) -> dict[str, Any]:
-    """Per-task accuracies and analysis rows of finished runs (of one experiment), tagged with model and seed."""
-    data: dict[str, Any] = {"accuracy": [], "within": [], "between": []}
+    """Per-task accuracies and analysis rows of finished runs (of one experiment), tagged with model and seed.
+
+    A row that names its own model keeps it: a control run's inner-loop rows and few-shot accuracies belong to
+    the fine-tuned control (``finetuned_control``), its training rows to the control itself."""
+    data: dict[str, Any] = {"accuracy": [], **{kind: [] for kind in KINDS}}
     for run in runs:
         model, seed = model_of(run), run["params"]["seed"]
         acc_path = Path(run["dir"]) / "test_accuracies.json"
         if acc_path.exists():
-            data["accuracy"] += [{"model": model, "seed": seed, "task": task, "value": value}
-                                 for task, value in enumerate(json.loads(acc_path.read_text())["accuracies"])]
+            accuracies = json.loads(acc_path.read_text())
+            data["accuracy"] += [{"model": accuracies.get("model", model), "seed": seed, "task": task, "value": value}
+                                 for task, value in enumerate(accuracies["accuracies"])]
         analysis_path = Path(run["dir"]) / "analysis.json"
         if analysis_path.exists():
             analysis = json.loads(analysis_path.read_text())
-            for kind in ("within", "between"):
-                data[kind] += [{**r, "model": model, "seed": seed,
-                                "value": math.nan if r["value"] is None else r["value"]} for r in analysis[kind]]
+            for kind in KINDS:
+                data[kind] += [{**r, "model": r.get("model", model), "seed": seed,
+                                "value": math.nan if r["value"] is None else r["value"]}
+                               for r in analysis.get(kind, [])]
     return data
 
 
@@ -129,8 +178,9 @@ def by_seed_mean(rows: Sequence[dict]) -> dict[Hashable, float]:
     return seed_means((r["seed"], r["value"]) for r in rows)
 
 
-def checkpoints(data: dict, model: str) -> list[int]:
-    return sorted({r["checkpoint"] for r in data["within"] if r["model"] == model})
+def checkpoints(data: dict, model: str, kind: str = "within") -> list[int]:
+    """The analysed checkpoints of ``model`` in its ``kind`` rows (within or from_init)."""
+    return sorted({r["checkpoint"] for r in data[kind] if r["model"] == model})
 
 
 def across_seeds(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
@@ -152,6 +202,15 @@ def accuracy(data: dict, model: str) -> tuple[Estimate, int]:
     per_seed = by_seed_mean(rows)
     tasks = round(len(rows) / len(per_seed)) if per_seed else 0
     return mean_ci(list(per_seed.values())), tasks
+
+
+def task_ci(data: dict, model: str) -> float:
+    """The mean over seeds of each seed's 95% CI half-width over its held-out tasks (NaN without two tasks)."""
+    per_seed: dict[Hashable, list[float]] = defaultdict(list)
+    for row in select(data["accuracy"], model=model):
+        per_seed[row["seed"]].append(row["value"])
+    widths = [(est.high - est.low) / 2 for est in map(mean_ci, per_seed.values()) if est.n >= 2]
+    return float(np.mean(widths)) if widths else math.nan
 
 
 def models_with_accuracy(data: dict) -> list[str]:

@@ -33,11 +33,12 @@ def runs(study: str, cfg: dict) -> list[Run]:
     checked = check_config(cfg)
     algorithms = list(cfg["maml"]["algorithms"])
     out = []
-    for experiment in checked:
+    for experiment in checked:  # the long runs first (MAML's second-order meta-training), so parallel workers fill up
         config = experiment_config(cfg, experiment, checked)
-        for seed in seeds(cfg):
-            for algorithm in algorithms:
+        for algorithm in algorithms:
+            for seed in seeds(cfg):
                 out.append(Run(study, "meta_train", {"experiment": experiment, "algorithm": algorithm, "seed": seed},
                                {**config, "algorithm": algorithm, "seed": seed}))
+        for seed in seeds(cfg):
             out.append(Run(study, "control", {"experiment": experiment, "seed": seed}, {**config, "seed": seed}))
     return out

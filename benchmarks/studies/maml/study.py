@@ -1,9 +1,11 @@
 """Study 3: MAML's representations before and after adaptation (``make bench-maml``).
 
 After Goerttler & Obermayer, "Exploring the similarity of representations in model-agnostic
-meta-learning" (arXiv 2105.05757); the protocol is docs/protocols/maml.md. Per experiment (a dataset
-with its published meta-settings) and seed: ``meta_train`` (MAML and ANIL) and ``control`` (the same
-conv4 trained conventionally), each analysed at evenly spaced checkpoints.
+meta-learning" (arXiv 2105.05757) and their public code; the protocol is docs/protocols/maml.md. Per
+experiment (a dataset with its published meta-settings) and seed, all runs independent: ``meta_train``
+(MAML and ANIL, second order, the paper's inner loop) and ``control`` (the same conv4 trained
+conventionally, analysed over its training as the paper's control, and fine-tuned from a fresh head as
+a second control), each analysed on a fixed probe set at evenly spaced checkpoints.
 
 Where things are: protocol.py (claims, margins, config checks), plan.py (the runs), train.py (what a
 run does), analyse.py (the measurements), findings.py (the verdicts), report.py (report.md, figures).

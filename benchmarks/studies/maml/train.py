@@ -20,7 +20,13 @@ from benchmarks.core.runstore import atomic_write_json
 from benchmarks.core.stats import Estimate, mean_ci
 from benchmarks.core.study import Run, RunContext, global_rank
 from benchmarks.core.training import KeepWeights, epoch_checkpoint, kept_weights
-from benchmarks.studies.maml.analyse import aggregate_tasks, analyse_checkpoints, final_summary
+from benchmarks.studies.maml.analyse import (
+    aggregate_tasks,
+    final_summary,
+    inner_loop_rows,
+    probe_set,
+    training_rows,
+)
 from benchmarks.studies.maml.plan import analysed_steps
 from benchmarks.studies.maml.protocol import LAYERS
 
@@ -97,6 +103,19 @@ def control_adapter(config: dict, state: dict[str, torch.Tensor]):
     return module
 
 
+def control_network(config: dict, classes: int, state: dict[str, torch.Tensor]):
+    """The control classifier itself (its own head over ``classes``) as a MAMLModule, for reading its layers with
+    the same transductive batch norm as MAML's (batch statistics of the probe set)."""
+    module = build_module({**config, "data": {**config["data"], "ways": classes}}, "maml")
+    own = module.net.state_dict()
+    weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.") and k[len("net."):] in own}
+    missing = [k for k in own if k not in weights]
+    if missing:
+        raise RuntimeError(f"control weights lack {missing[:3]}: the control and MAML networks differ")
+    module.net.load_state_dict(weights)
+    return module
+
+
 def run_device(ctx: RunContext) -> torch.device:
     """Where evaluation and analysis run: the run's accelerator when it is a GPU, else the CPU."""
     if ctx.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
@@ -130,39 +149,57 @@ def log_analysis(trainer, run_dir: Path, analysis: dict, record: Sequence[int], 
     from callbacks.run_outputs import RunOutputs
 
     outputs = RunOutputs(trainer, run_dir)
-    within = aggregate_tasks(analysis["within"], ("checkpoint", "layer", "inner_step", "measure"))
-    between = aggregate_tasks(analysis["between"], ("to", "layer", "measure"))
-    final = max(r["checkpoint"] for r in within)
     last = max(record)
-    outputs.define_curve("inner", "inner_step")
-    for k in record:
-        row = {"inner_step": k}
-        for r in within:
-            if r["checkpoint"] == final and r["inner_step"] == k:
-                row[f"inner/{r['measure']}/{r['layer']}"] = r["mean"]
-        if k == 0:
-            row.update({f"inner/{m}/{layer}": 0.0 for m in measures for layer in LAYERS})
-        outputs.log(row)
+    within = aggregate_tasks(analysis["within"], ("checkpoint", "layer", "inner_step", "measure"))
+    if within:
+        final = max(r["checkpoint"] for r in within)
+        outputs.define_curve("inner", "inner_step")
+        for k in record:
+            row = {"inner_step": k}
+            for r in within:
+                if r["checkpoint"] == final and r["inner_step"] == k:
+                    row[f"inner/{r['measure']}/{r['layer']}"] = r["mean"]
+            if k == 0:
+                row.update({f"inner/{m}/{layer}": 0.0 for m in measures for layer in LAYERS})
+            outputs.log(row)
     outputs.define_curve("training", "meta_step")
-    for step in sorted({r["checkpoint"] for r in within}):
+    for step in sorted({r["checkpoint"] for r in analysis["from_init"]}):
         row = {"meta_step": step}
         row.update({f"training/{r['measure']}_inner{last}/{r['layer']}": r["mean"] for r in within
                     if r["checkpoint"] == step and r["inner_step"] == last})
-        row.update({f"training/{r['measure']}_from_previous/{r['layer']}": r["mean"] for r in between
+        row.update({f"training/{r['measure']}_from_previous/{r['layer']}": r["value"] for r in analysis["between"]
                     if r["to"] == step})
+        row.update({f"training/{r['measure']}_from_start/{r['layer']}": r["value"] for r in analysis["from_init"]
+                    if r["checkpoint"] == step})
         outputs.log(row)
-    outputs.table("analysis/within", within)
-    outputs.table("analysis/between", between)
-    for measure in measures:
-        series = {layer: [0.0] + [r["mean"] for r in within if r["checkpoint"] == final and r["layer"] == layer
-                                  and r["measure"] == measure] for layer in LAYERS}
-        fig = curves_figure(list(record), series, title=f"{model}: change over the inner loop ({measure})",
-                            xlabel="inner step", ylabel=f"{measure} to step 0")
-        outputs.figure(f"figures/inner_{measure}.png", fig, wandb_key=f"analysis/inner_{measure}")
+    for kind in ("within", "between", "from_init"):
+        rows = within if kind == "within" else analysis[kind]
+        if rows:
+            outputs.table(f"analysis/{kind}", rows)
+    if within:
+        for measure in measures:
+            series = {layer: [0.0] + [r["mean"] for r in within if r["checkpoint"] == final and r["layer"] == layer
+                                      and r["measure"] == measure] for layer in LAYERS}
+            fig = curves_figure(list(record), series, title=f"{model}: change over the inner loop ({measure})",
+                                xlabel="inner step", ylabel=f"{measure} to step 0")
+            outputs.figure(f"figures/inner_{measure}.png", fig, wandb_key=f"analysis/inner_{measure}")
 
 
-def _analysis_tasks(dm, analysis: dict):
-    return dm.analysis_tasks(analysis["tasks"], analysis["split"], queries=1, seed=analysis["seed"])
+def analysis_inputs(dm, analysis: dict) -> tuple[list, torch.Tensor]:
+    """The fixed analysed tasks (their support sets drive the inner loop) and the fixed probe set."""
+    split = analysis["split"]
+    tasks = dm.analysis_tasks(analysis["tasks"], split, queries=1, seed=analysis["seed"])
+    try:
+        probes = probe_set(dm.class_datasets[split], analysis["probes"], analysis["seed"])
+    except ValueError as err:
+        problem = f"analysis.probes={analysis['probes']} {str(err).replace('the split', f'the {split} split')}"
+        raise UserError(problem, "lower analysis.probes (one probe image per class) or analyse a split with more "
+                                 "classes") from None
+    return tasks, probes
+
+
+def _tagged(rows: list[dict], model: str) -> list[dict]:
+    return [{**r, "model": model} for r in rows]
 
 
 # ============================================================================================ runs
@@ -173,6 +210,7 @@ def meta_train(run: Run, ctx: RunContext) -> dict[str, float]:
     algorithm = config["algorithm"]
     dm = build_datamodule(config, seed)
     dm.setup()
+    tasks, probes = analysis_inputs(dm, analysis)  # before training: a bad analysis config fails fast
     module = build_module(config, algorithm)
     total = meta["meta_steps"]
     keep = KeepWeights(ctx.run_dir / "weights", analysed_steps(total, analysis["checkpoints"]))
@@ -187,7 +225,7 @@ def meta_train(run: Run, ctx: RunContext) -> dict[str, float]:
         return {}
     device = run_device(ctx)
     accuracies = evaluate_accuracies(module.to(device), dm.test_dataloader())
-    atomic_write_json(ctx.run_dir / "test_accuracies.json", {"accuracies": accuracies})
+    atomic_write_json(ctx.run_dir / "test_accuracies.json", {"model": algorithm, "accuracies": accuracies})
     est = mean_ci(accuracies)
     log_test_accuracy(trainer, ctx.run_dir, est)
 
@@ -197,18 +235,24 @@ def meta_train(run: Run, ctx: RunContext) -> dict[str, float]:
         return reloaded.to(device)
 
     record = analysis["record_steps"]
-    result = analyse_checkpoints(algorithm, load, weight_files(ctx.run_dir), _analysis_tasks(dm, analysis), record,
-                                 analysis["measures"])
+    files = weight_files(ctx.run_dir)
+    # ANIL's body cannot move in its inner loop and no finding reads its curve: its inner loop is read at the end only
+    inner_files = files if algorithm == "maml" else {max(files): files[max(files)]}
+    within = inner_loop_rows(load, inner_files, tasks, probes, record, analysis["measures"])
+    result = {"within": _tagged(within, algorithm),
+              **{k: _tagged(v, algorithm) for k, v in training_rows(load, files, probes, analysis["measures"]).items()}}
     atomic_write_json(ctx.run_dir / "analysis.json", result)
     log_analysis(trainer, ctx.run_dir, result, record, analysis["measures"], algorithm)
     metrics = {"test_acc": est.mean, "test_acc_ci95": (est.high - est.low) / 2, "test_tasks": est.n,
                "meta_steps": trainer.global_step, **fit_metrics}
-    metrics.update(final_summary(result, max(record)))
+    metrics.update(final_summary(within, max(record)))
     return metrics
 
 
 def control(run: Run, ctx: RunContext) -> dict[str, float]:
-    """Train the conventional classifier, analyse its kept checkpoints with a fresh head adapting every layer."""
+    """Train the conventional classifier and analyse its kept checkpoints twice: as the paper's control (each layer
+    vs its start and vs the checkpoint before, its own head, no inner loop) and as the fine-tuned control (a fresh
+    head, MAML's inner loop on every layer)."""
     from torch.utils.data import DataLoader, Subset
 
     from datamodules.samplers import EpochSeededRandomSampler
@@ -218,6 +262,7 @@ def control(run: Run, ctx: RunContext) -> dict[str, float]:
     settings, analysis, model = config["control"], config["analysis"], config["model"]
     dm = build_datamodule(config, seed)
     dm.setup()
+    tasks, probes = analysis_inputs(dm, analysis)  # before training: a bad analysis config fails fast
     train = ControlClassDataset(dm.class_datasets["train"])
     classifier = ClassificationModule("conv4", train.num_classes, in_channels=model["in_channels"],
                                       image_size=config["data"]["image_size"], hidden=model["hidden"],
@@ -226,6 +271,9 @@ def control(run: Run, ctx: RunContext) -> dict[str, float]:
                         sampler=EpochSeededRandomSampler(len(train), seed))
     limit = settings.get("limit_batches")
     per_epoch = len(loader) if limit is None else min(len(loader), limit)
+    if per_epoch == 0:
+        raise UserError(f"control.batch_size={settings['batch_size']} is larger than the control's {len(train)} "
+                        "training images (no full batch)", "lower control.batch_size")
     total = settings["epochs"] * per_epoch
     keep = KeepWeights(ctx.run_dir / "weights", analysed_steps(total, analysis["checkpoints"]))
     trainer = ctx.trainer(max_epochs=settings["epochs"], callbacks=[keep], limit_train_batches=per_epoch,
@@ -236,23 +284,31 @@ def control(run: Run, ctx: RunContext) -> dict[str, float]:
     train_loss = float(trainer.callback_metrics.get("train/loss_epoch", math.nan))
     device = run_device(ctx)
 
-    def load(path: Path):
+    def load_adapter(path: Path):
         return control_adapter(config, torch.load(path, map_location="cpu", weights_only=True)).to(device)
+
+    def load_own(path: Path):
+        return control_network(config, train.num_classes,
+                               torch.load(path, map_location="cpu", weights_only=True)).to(device)
 
     record = analysis["record_steps"]
     files = weight_files(ctx.run_dir)
-    result = analyse_checkpoints("control", load, files, _analysis_tasks(dm, analysis), record, analysis["measures"])
+    final = max(files)  # the fine-tuned control is a second control, read at the end of training only
+    within = inner_loop_rows(load_adapter, {final: files[final]}, tasks, probes, record, analysis["measures"])
+    result = {"within": _tagged(within, "finetuned_control"),
+              **{k: _tagged(v, "control") for k, v in training_rows(load_own, files, probes,
+                                                                    analysis["measures"]).items()}}
     atomic_write_json(ctx.run_dir / "analysis.json", result)
     log_analysis(trainer, ctx.run_dir, result, record, analysis["measures"], "control")
     metrics = {"train_loss": train_loss, "classes": train.num_classes, "steps": total}
     n_test = min(settings.get("test_tasks", 0), len(dm.task_datasets["test"]))
     if n_test > 0:  # few-shot accuracy of fine-tuning the whole control network from a fresh head
-        adapter = load(files[max(files)])
+        adapter = load_adapter(files[final])
         test_tasks = Subset(dm.task_datasets["test"], list(range(n_test)))
         accs = evaluate_accuracies(adapter, DataLoader(test_tasks, batch_size=config["maml"]["meta_batch_size"]))
-        atomic_write_json(ctx.run_dir / "test_accuracies.json", {"accuracies": accs})
+        atomic_write_json(ctx.run_dir / "test_accuracies.json", {"model": "finetuned_control", "accuracies": accs})
         est = mean_ci(accs)
         log_test_accuracy(trainer, ctx.run_dir, est)
         metrics.update({"test_acc": est.mean, "test_acc_ci95": (est.high - est.low) / 2, "test_tasks": est.n})
-    metrics.update(final_summary(result, max(record)))
+    metrics.update(final_summary(within, max(record)))
     return metrics

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from benchmarks.__main__ import main
 from benchmarks.core.errors import UserError
@@ -15,18 +16,19 @@ from benchmarks.core.pipeline import decide
 from benchmarks.core.runner import resolve_config
 from benchmarks.core.runstore import RunStore
 from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
+from benchmarks.studies.maml.analyse import probe_set
 from benchmarks.studies.maml.plan import analysed_steps
-from benchmarks.studies.maml.protocol import CLAIMS
+from benchmarks.studies.maml.protocol import CLAIMS, MIN_PROBES
 from benchmarks.studies.maml.study import MAMLStudy
-from benchmarks.studies.maml.train import weight_files
+from benchmarks.studies.maml.train import analysis_inputs, weight_files
 from tests.benchmarks.study_tester import StudyTester
 
 from .fabricate import Pattern, fabricate_results
 
 # What reverses each claim, one at a time (every other part of the fabricated picture still holds).
 REVERSED = {
-    "feature_reuse": Pattern(body_final=0.5),  # the body changes as much as "not near-identical"
-    "early_rise_from_task": Pattern(control_early_first=0.03, control_early_final=0.08),  # the control's falls
+    "feature_reuse": Pattern(late=0.8),  # a body layer changes more than the head in the inner loop
+    "early_similarity_from_task": Pattern(control_early=0.3, control_late=0.1),  # the control's early layers move most
     "inner_vs_meta_training": Pattern(between=0.9),  # meta-training moves the representations more
 }
 
@@ -47,6 +49,7 @@ class TestMAMLStudy(StudyTester):
     def test_every_planned_run_finished_with_accuracy_and_a_confidence_interval(self, store):
         cfg = self.smoke_cfg()
         plan = MAMLStudy().plan(cfg)
+        assert all(not run.needs for run in plan)  # independent runs: the grid runs them side by side
         assert sorted((r.stage, r.params.get("algorithm")) for r in plan) == [
             ("control", None), ("meta_train", "anil"), ("meta_train", "maml")]
         for run in plan:
@@ -68,14 +71,29 @@ class TestMAMLStudy(StudyTester):
         analysis_cfg = self.smoke_cfg()["analysis"]
         runs = store.finished_runs()
         assert len(runs) == 3
+        layers, measures = 5, len(analysis_cfg["measures"])
+        later_steps = [s for s in analysis_cfg["record_steps"] if s > 0]
         for run in runs:
             analysis = json.loads((run["dir"] / "analysis.json").read_text())
             checkpoints = sorted(weight_files(run["dir"]))
-            later_steps = [s for s in analysis_cfg["record_steps"] if s > 0]
-            assert len(analysis["within"]) == (len(checkpoints) * analysis_cfg["tasks"] * 5 * len(later_steps)
-                                               * len(analysis_cfg["measures"]))
-            assert len(analysis["between"]) == ((len(checkpoints) - 1) * analysis_cfg["tasks"] * 5
-                                                * len(analysis_cfg["measures"]))
+            # MAML: every checkpoint (every recorded step at the last, the last step before); ANIL and the
+            # fine-tuned control: the final checkpoint only
+            earlier = len(checkpoints) - 1 if run["params"].get("algorithm") == "maml" else 0
+            assert len(analysis["within"]) == ((len(later_steps) + earlier) * analysis_cfg["tasks"] * layers
+                                               * measures)
+            assert len(analysis["between"]) == (len(checkpoints) - 1) * layers * measures
+            assert len(analysis["from_init"]) == len(checkpoints) * layers * measures
+
+    def test_every_network_is_compared_with_its_own_start(self, store):
+        """The first checkpoint vs itself is 0 up to float rounding (the probe set is fixed); the control's own rows
+        are "control", its fine-tuned rows "finetuned_control"."""
+        for run in store.finished_runs():
+            analysis = json.loads((run["dir"] / "analysis.json").read_text())
+            first = min(r["checkpoint"] for r in analysis["from_init"])
+            assert all(abs(r["value"]) < 1e-6 for r in analysis["from_init"] if r["checkpoint"] == first)
+            if run["stage"] == "control":
+                assert {r["model"] for r in analysis["within"]} == {"finetuned_control"}
+                assert {r["model"] for r in analysis["from_init"] + analysis["between"]} == {"control"}
 
     def test_anil_body_representations_do_not_move_in_the_inner_loop(self, store):
         (anil,) = [r for r in store.finished_runs("meta_train") if r["params"]["algorithm"] == "anil"]
@@ -91,9 +109,10 @@ class TestMAMLStudy(StudyTester):
             assert f"| {claim.id} |" in text
         assert "docs/protocols/maml.md" in text
         assert "### Meta-test accuracy" in text and "Chance is 0.20" in text
-        assert "| model | accuracy | 95% CI over seeds | seeds | tasks per seed | published |" in text
+        assert ("| model | accuracy | 95% CI over seeds | seeds | tasks per seed | 95% CI over tasks (per seed) | "
+                "published |") in text
         for name in ("glyphs_accuracy.png", "glyphs_inner_rsa_dissimilarity.png",
-                     "glyphs_training_rsa_dissimilarity.png", "glyphs_inner_vs_training_linear_cka_dissimilarity.png"):
+                     "glyphs_maml_base_rsa_dissimilarity.png", "glyphs_control_base_linear_cka_dissimilarity.png"):
             assert (store.root / "figures" / name).read_bytes()[:4] == b"\x89PNG"
         header = (store.root / "summary.csv").read_text().splitlines()[0]
         assert header.startswith("experiment,model,kind,checkpoint,layer,inner_step,measure,mean")
@@ -134,12 +153,19 @@ def test_the_tasks_of_one_seed_count_once(tmp_path):
         assert (four[claim.id].verdict, four[claim.id].n) == ("holds", 4)
 
 
-def test_early_rise_is_inconclusive_when_maml_itself_shows_no_rise(tmp_path):
-    """Nothing to explain: MAML's early layers do not become more similar through training."""
-    pattern = Pattern(body_first=0.06, body_final=0.09)
+def test_early_similarity_is_inconclusive_when_maml_itself_shows_no_depth_gap(tmp_path):
+    """Nothing to explain: MAML's layers near the input change as much as its later ones in the inner loop."""
+    pattern = Pattern(early=0.15, late=0.05)
     findings = {f.id: f for f in decide(MAMLStudy(), fabricate_results(tmp_path, pattern))}
-    assert findings["early_rise_from_task"].verdict == "inconclusive"
-    assert "MAML itself shows no significant rise" in findings["early_rise_from_task"].detail
+    assert findings["early_similarity_from_task"].verdict == "inconclusive"
+    assert "MAML itself shows no significant gap" in findings["early_similarity_from_task"].detail
+
+
+def test_feature_reuse_has_no_absolute_threshold(tmp_path):
+    """Body layers that change a lot, but less than the head, still count as feature reuse (an ordering)."""
+    findings = {f.id: f for f in decide(MAMLStudy(), fabricate_results(tmp_path, Pattern(late=0.5)))}
+    assert findings["feature_reuse"].verdict == "holds" and findings["feature_reuse"].margin is None
+    assert "head ÷ most-changed body layer" in findings["feature_reuse"].detail
 
 
 def test_a_report_of_fabricated_runs_gives_means_over_seeds(tmp_path):
@@ -193,3 +219,73 @@ def test_bad_values_exit_2_with_key_value_and_fix_before_any_training(profile, o
     err = capsys.readouterr().err
     assert code == 2 and trained == []
     assert message in err and "Fix:" in err
+
+
+# -- the paper's protocol ------------------------------------------------------------------------------------
+def test_tiny_profile_meta_trains_as_the_papers_omniglot_runs_with_three_seeds():
+    """Second order, inner lr 0.1, 5 inner steps in meta-training and 10 at analysis, meta-batch 16, 20 fixed
+    probes (Goerttler & Obermayer's public code), and at least 3 seeds (the unit of replication)."""
+    cfg = resolve_config("maml", "tiny", [])
+    meta, analysis = cfg["maml"], cfg["analysis"]
+    assert (meta["first_order"], meta["inner_lr"], meta["inner_steps"], meta["meta_batch_size"]) == (False, 0.1, 5, 16)
+    assert max(analysis["record_steps"]) == meta["inner_steps_test"] == 10
+    assert analysis["probes"] >= MIN_PROBES and len(cfg["seeds"]) >= 3
+    paper = resolve_config("maml", "paper", [])
+    assert paper["experiments"]["omniglot"]["maml"] == {"meta_batch_size": 16, "inner_lr": 0.1, "inner_steps": 5,
+                                                       "inner_steps_test": 10}
+    assert paper["analysis"]["probes"] >= MIN_PROBES
+
+
+def test_the_probe_set_is_fixed_and_takes_one_image_per_class():
+    from torch.utils.data import TensorDataset
+
+    labels = torch.arange(30).remainder(10)
+    dataset = TensorDataset(labels.float().reshape(30, 1, 1, 1).expand(30, 1, 2, 2), labels)  # image = its class
+    first, again = probe_set(dataset, 6, seed=3), probe_set(dataset, 6, seed=3)
+    assert torch.equal(first, again) and first.shape == (6, 1, 2, 2)
+    assert len({int(x.flatten()[0]) for x in first}) == 6  # six different classes
+    with pytest.raises(ValueError, match="needs 11 classes"):
+        probe_set(dataset, 11, seed=3)
+
+
+def test_the_paper_profile_runs_end_to_end_on_dataset_fixtures(tmp_path):
+    """Omniglot and miniImageNet in their on-disk layouts (small fixtures), every stage, the report and findings;
+    only the sizes are cut (meta-steps, tasks, ways to the fixtures' class counts)."""
+    from tests.datamodules.test_fullscale import write_mini_imagenet, write_omniglot
+
+    data_root = tmp_path / "data"
+    write_omniglot(data_root, alphabets=2, characters=60, drawings=2)
+    write_mini_imagenet(data_root, classes=20, per_class=3)
+    sizes = ["maml.meta_steps=2", "maml.steps_per_epoch=1", "maml.val_tasks=2", "maml.test_tasks=4",
+             "analysis.tasks=2", "analysis.checkpoints=2", "control.epochs=1", "control.limit_batches=2",
+             "control.batch_size=8", "control.test_tasks=2", "seeds=[0]", "experiments.omniglot.data.ways=5",
+             "experiments.omniglot.maml.meta_batch_size=2", "experiments.mini_imagenet.data.queries=1",
+             "experiments.mini_imagenet.maml.meta_batch_size=2", "experiments.omniglot.maml.inner_steps=1",
+             "experiments.mini_imagenet.maml.inner_steps=1", "experiments.omniglot.maml.inner_steps_test=2",
+             "experiments.mini_imagenet.maml.inner_steps_test=2", "analysis.record_steps=[0, 2]"]
+    args = ["maml", "--profile", "paper", "--data-root", str(data_root), "--results", str(tmp_path / "results"),
+            "--accelerator", "cpu"]
+    for override in sizes:
+        args += ["--set", override]
+    assert main(args) == 0
+    root = tmp_path / "results" / "maml"
+    findings = json.loads((root / "findings.json").read_text())
+    assert len(findings["findings"]) == len(CLAIMS) and findings["complete"] is True
+    report = (root / "report.md").read_text()
+    assert "## omniglot: omniglot 5-way 1-shot" in report and "## mini_imagenet: mini_imagenet 5-way 1-shot" in report
+    assert (root / "figures" / "mini_imagenet_maml_base_rsa_dissimilarity.png").exists()
+
+
+def test_too_many_probes_for_the_split_name_the_key_and_the_fix():
+    """A probe set needs one class per image; the run checks it before training (the class count of a split is
+    known only once its data is loaded)."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.zeros(8, 1, 2, 2), torch.arange(8).remainder(4))
+    dm = SimpleNamespace(class_datasets={"test": dataset}, analysis_tasks=lambda *args, **kwargs: [])
+    analysis = {"tasks": 2, "split": "test", "seed": 0, "probes": 5}
+    with pytest.raises(UserError, match="analysis.probes=5 needs 5 classes but the test split has 4") as err:
+        analysis_inputs(dm, analysis)
+    assert "lower analysis.probes" in str(err.value)

@@ -1,22 +1,34 @@
-"""Module criticality (Chatterji et al. 2020; Neyshabur et al. 2020, study 4).
+"""Module criticality exactly as Chatterji, Neyshabur & Sedghi (ICLR 2020, Definition 3.1) define it.
 
-For one module i (a group of parameters, e.g. a block) and a point (alpha, sigma) of a grid, its weights
-are moved to theta_i = (1 - alpha) theta0_i + alpha thetaf_i + u with Gaussian noise u, all other weights
-(and all buffers) stay at thetaf, and the training error is averaged over ``draws`` noise draws.
+For module i with initial weights theta0_i and final weights thetaf_i, and
+theta_i(alpha) = (1 - alpha) theta0_i + alpha thetaf_i (every other module at thetaf):
 
-criticality_i = min over grid points whose error stays within ``epsilon`` of the error at thetaf of
-        alpha^2 ||thetaf_i - theta0_i||^2 / sigma^2.
+    mu_i = min over 0 <= alpha <= 1, 0 < sigma <= 1 of  alpha^2 ||thetaf_i - theta0_i||_F^2 / sigma^2
+           subject to  E_{u ~ N(0, sigma^2 I)} [ L_S(theta_i(alpha) + u, theta_{-i} = thetaf) ] <= epsilon
 
-Noise: ``noise="absolute"`` draws u ~ N(0, sigma^2 I) as in the definition; ``noise="relative"`` scales
-each tensor's noise by the RMS of its thetaf values (sigma is then a fraction of the weight scale).
-The same standard-normal draws are reused across the grid (common random numbers: smoother maps).
+L_S is the training error (``criterion="error"``, top-1) or loss. The noise u is *absolute*: each
+weight of the module gets independent N(0, sigma^2) noise, so sigma in the denominator is the noise
+that was added (a per-tensor relative scale would make the value a different, module-dependent
+quantity). The bound is ``epsilon`` itself (``bound="absolute"``, the definition) or, as a documented
+variant, ``epsilon`` above the value at thetaf (``bound="relative"``). The expectation is the mean over
+``draws`` noise draws; the same standard-normal draws are reused across the grid (common random
+numbers), so the map is smooth in sigma.
 
-Minimum: the value is >= 0 and 0 is the least possible. It is reached whenever a passing point has
-alpha^2 ||delta||^2 = 0: a module that can be rewound fully (alpha = 0), or one that did not move
-(thetaf = theta0, every point is 0). At sigma = 0 the value is 0 if alpha^2 ||delta||^2 = 0 and +inf
-otherwise; keep 0 in ``sigmas`` (the default does) so the point (alpha, 0) of an untouched module,
-which restores thetaf exactly and therefore passes, gives it criticality 0 for sure. No passing point
-at all gives +inf (written as null in JSON).
+BatchNorm: with ``bn_loader`` the running statistics of every BN layer are re-estimated on training
+batches at every evaluated point (after the module has been moved and perturbed), as for interpolation
+barriers: statistics stored at thetaf belong to neither the rewound nor the perturbed network. Without
+it, the stored statistics are used as they are.
+
+The minimum is searched on an (alpha, sigma) grid. ``search="grid"`` evaluates every point.
+``search="bisect"`` finds, for each alpha, the largest passing sigma of the sorted sigma grid by
+bisection (assuming the expected criterion does not fall as the noise grows, which common random
+numbers make nearly exact), and skips alphas whose best possible value alpha^2 d^2 / max(sigma)^2
+cannot beat the minimum found so far: a fine, log-spaced sigma grid costs log2 of its length per alpha,
+so modules do not tie on a coarse grid. Unevaluated cells hold NaN (``passes`` None).
+
+Special values: 0 when a passing point has alpha^2 ||delta||^2 = 0 (a module that can be fully rewound,
+alpha = 0, or one that did not move); +inf when no grid point passes (written as null in JSON). At
+sigma = 0 the value is 0 if alpha^2 ||delta||^2 = 0 and +inf otherwise.
 
 Plain PyTorch: the Lightning callback that runs this at fit end is ``callbacks.criticality``.
 """
@@ -34,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.errors import ConfigError, check_choice
-from analysis.evaluation import Forward, LossFn, Unpack, evaluate
+from analysis.evaluation import Forward, LossFn, Unpack, evaluate, recompute_batchnorm
 from analysis.layers import parameter_groups, resolve_layers
 from analysis.states import StateSource, detached_copy, load_into, load_state, state_on
 
@@ -61,22 +73,26 @@ class ModuleCriticalityResult:
     error: list[list[float]]
     loss: list[list[float]]
     values: list[list[float]]
-    passes: list[list[bool]]
+    passes: list[list[bool | None]]  # None: not evaluated (search="bisect")
     criticality: float
     argmin: tuple[float, float] | None
 
 
 @dataclass
 class CriticalityResult:
-    """All modules; ``reference_*`` are measured at thetaf, ``criterion`` is what ``epsilon`` bounds."""
+    """All modules; ``reference_*`` are measured at thetaf, ``criterion`` is what ``epsilon`` bounds
+    (``bound``: absolute, or above the reference)."""
 
     modules: dict[str, ModuleCriticalityResult]
     reference_error: float
     reference_loss: float
     epsilon: float
     criterion: str
-    noise: str
+    bound: str
     draws: int
+    search: str = "grid"
+    bn_recomputed: bool = False
+    noise: str = "absolute"  # u ~ N(0, sigma^2 I) on every weight of the module (the definition)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def criticality(self) -> dict[str, float]:
@@ -87,6 +103,8 @@ class CriticalityResult:
         for m in self.modules.values():
             for i, alpha in enumerate(m.alphas):
                 for j, sigma in enumerate(m.sigmas):
+                    if m.passes[i][j] is None:
+                        continue  # not evaluated (search="bisect")
                     rows.append({"module": m.module, "alpha": alpha, "sigma": sigma, "error": m.error[i][j],
                                  "loss": m.loss[i][j], "value": m.values[i][j], "passes": m.passes[i][j]})
         return rows
@@ -104,29 +122,60 @@ def check_grid(values: Sequence[float], name: str) -> list[float]:
     return grid
 
 
+SEARCHES = ("grid", "bisect")
+NOISES = ("absolute", "relative")
+
+
+def check_noise(noise: str) -> None:
+    """Only absolute noise is Chatterji et al.'s quantity: a per-tensor relative scale is refused with the reason."""
+    check_choice("noise", noise, NOISES)
+    if noise == "relative":
+        raise ConfigError('noise="relative" (sigma times each tensor\'s RMS) does not give Chatterji et al.\'s '
+                          "criticality: the value divides by sigma^2, not by the noise that was added, and is not "
+                          "comparable across modules", 'use noise="absolute" (u ~ N(0, sigma^2 I))')
+BOUNDS = ("absolute", "relative")
+
+
+def sigma_grid(low: float, high: float, points: int) -> list[float]:
+    """``points`` log-spaced noise levels from ``low`` to ``high`` (both > 0), for ``search="bisect"``."""
+    if not (0.0 < low < high) or points < 2:
+        raise ConfigError(f"sigma grid low={low}, high={high}, points={points} needs 0 < low < high and points >= 2",
+                          "pass e.g. low=0.001, high=1.0, points=25")
+    ratio = (high / low) ** (1.0 / (points - 1))
+    return [low * ratio**k for k in range(points - 1)] + [high]
+
+
 @torch.no_grad()
 def module_criticality(model: nn.Module, theta0: StateSource, thetaf: StateSource, loader: Iterable,
                        modules: Sequence[str] | None = None, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
                        sigmas: Sequence[float] = DEFAULT_SIGMAS, epsilon: float = 0.05,
-                       noise: str = "absolute", draws: int = 3, seed: int = 0, criterion: str = "error",
+                       bound: str = "relative", noise: str = "absolute", draws: int = 3, seed: int = 0,
+                       criterion: str = "error",
+                       search: str = "grid", bn_loader: Iterable | None = None, bn_batches: int | None = None,
                        loss_fn: LossFn = F.cross_entropy, unpack: Unpack | None = None,
                        forward: Forward | None = None, max_batches: int | None = None) -> CriticalityResult:
     """Criticality of each module of ``model`` (names or globs; None: the module's watch layers).
 
     ``loader`` should be training data (criticality bounds the training error); ``criterion`` "error"
-    (top-1) or "loss" is what must stay within ``epsilon`` of its value at thetaf.
+    (top-1) or "loss" is what must stay at most ``epsilon`` (``bound="absolute"``, Chatterji et al.) or
+    at most ``epsilon`` above its value at thetaf (``bound="relative"``). ``bn_loader``: training
+    batches to re-estimate BatchNorm statistics at every evaluated point (``bn_batches`` of them).
     """
-    check_choice("noise", noise, ("absolute", "relative"))
+    check_noise(noise)
+    check_choice("bound", bound, BOUNDS)
     check_choice("criterion", criterion, ("error", "loss"))
+    check_choice("search", search, SEARCHES)
     if draws < 1:
         raise ConfigError(f"draws must be >= 1, got {draws}", "pass draws=1 or more")
-    alpha_grid, sigma_grid = check_grid(alphas, "alphas"), check_grid(sigmas, "sigmas")
+    alpha_grid, sigma_list = check_grid(alphas, "alphas"), sorted(set(check_grid(sigmas, "sigmas")))
     work = detached_copy(model)
     groups = parameter_groups(work, resolve_layers(work, modules))
     final, start = state_on(work, load_state(thetaf)), state_on(work, load_state(theta0))
     load_into(work, final)
 
     def measure() -> tuple[float, float]:
+        if bn_loader is not None:
+            recompute_batchnorm(work, bn_loader, bn_batches, unpack=unpack, forward=forward)
         loss, error = evaluate(work, loader, loss_fn, unpack=unpack, forward=forward, max_batches=max_batches)
         if criterion == "error" and error is None:
             raise ConfigError("the model's outputs are not class logits, so there is no top-1 error",
@@ -134,43 +183,72 @@ def module_criticality(model: nn.Module, theta0: StateSource, thetaf: StateSourc
         return loss, (error if error is not None else math.nan)
 
     ref_loss, ref_error = measure()
-    bound = (ref_error if criterion == "error" else ref_loss) + epsilon
+    limit = epsilon + (0.0 if bound == "absolute" else (ref_error if criterion == "error" else ref_loss))
     params = dict(work.named_parameters())
-    results: dict[str, ModuleCriticalityResult] = {}
-    for name, keys in groups.items():
+    def one_module(name: str, keys: Sequence[str]) -> ModuleCriticalityResult:
+        """The grid (or bisection) of one module, every other module at thetaf."""
         delta = {k: final[k] - start[k] for k in keys}
         distance_sq = float(sum((d.double() ** 2).sum() for d in delta.values()))
-        scale = {k: final[k].double().pow(2).mean().sqrt().item() if noise == "relative" else 1.0
-                 for k in keys}
         normals = []
         for d in range(draws):
             generator = torch.Generator().manual_seed(seed + d)
             normals.append({k: torch.randn(final[k].shape, generator=generator, dtype=final[k].dtype)
                             .to(final[k].device) for k in keys})
-        shape = (len(alpha_grid), len(sigma_grid))
-        error, loss = np.zeros(shape), np.zeros(shape)
-        for i, alpha in enumerate(alpha_grid):
-            base = {k: torch.lerp(start[k], final[k], alpha) for k in keys}
-            for j, sigma in enumerate(sigma_grid):
+        shape = (len(alpha_grid), len(sigma_list))
+        error, loss = np.full(shape, np.nan), np.full(shape, np.nan)
+        passes: list[list[bool | None]] = [[None] * shape[1] for _ in range(shape[0])]
+
+        def point(i: int, j: int) -> bool:
+            """Evaluate grid point (alpha_i, sigma_j) once; True when its expected criterion is within the bound."""
+            if passes[i][j] is None:
+                alpha, sigma = alpha_grid[i], sigma_list[j]
                 outcomes = []
                 for normal in normals[: 1 if sigma == 0.0 else draws]:
                     for k in keys:
-                        params[k].copy_(base[k] + (sigma * scale[k]) * normal[k] if sigma else base[k])
+                        base = torch.lerp(start[k], final[k], alpha)
+                        params[k].copy_(base + sigma * normal[k] if sigma else base)
                     outcomes.append(measure())
                 loss[i, j] = float(np.mean([o[0] for o in outcomes]))
                 error[i, j] = float(np.mean([o[1] for o in outcomes]))
+                observed = error[i, j] if criterion == "error" else loss[i, j]
+                passes[i][j] = bool(observed <= limit)
+            return bool(passes[i][j])
+
+        values = [[criticality_value(a, distance_sq, s) for s in sigma_list] for a in alpha_grid]
+        if search == "grid":
+            for i in range(shape[0]):
+                for j in range(shape[1]):
+                    point(i, j)
+        else:
+            best_value = math.inf
+            for i in sorted(range(shape[0]), key=lambda r: alpha_grid[r]):
+                if min(values[i]) >= best_value:
+                    continue  # even the largest sigma cannot give a smaller value at this alpha
+                if max(values[i]) == 0.0:  # alpha^2 d^2 = 0: any passing sigma gives 0, so try the smallest
+                    if point(i, 0):
+                        best_value = 0.0
+                    continue
+                lo, hi = -1, shape[1]  # invariant: sigma_lo passes (or lo = -1), sigma_hi fails (or hi = end)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if point(i, mid):
+                        lo = mid
+                    else:
+                        hi = mid
+                if lo >= 0:
+                    best_value = min(best_value, values[i][lo])
         for k in keys:
             params[k].copy_(final[k])
-        observed = error if criterion == "error" else loss
-        values = [[criticality_value(a, distance_sq, s) for s in sigma_grid] for a in alpha_grid]
-        passes = (observed <= bound).tolist()
-        candidates = [(values[i][j], alpha_grid[i], sigma_grid[j]) for i in range(shape[0])
+        candidates = [(values[i][j], alpha_grid[i], sigma_list[j]) for i in range(shape[0])
                       for j in range(shape[1]) if passes[i][j]]
         best = min(candidates, key=lambda c: c[0], default=None)
-        results[name] = ModuleCriticalityResult(
-            module=name, alphas=alpha_grid, sigmas=sigma_grid, distance_sq=distance_sq, error=error.tolist(),
+        return ModuleCriticalityResult(
+            module=name, alphas=alpha_grid, sigmas=sigma_list, distance_sq=distance_sq, error=error.tolist(),
             loss=loss.tolist(), values=values, passes=passes,
             criticality=best[0] if best is not None else math.inf,
             argmin=(best[1], best[2]) if best is not None else None)
+    results = {name: one_module(name, keys) for name, keys in groups.items()}
+    load_into(work, final)
     return CriticalityResult(modules=results, reference_error=ref_error, reference_loss=ref_loss,
-                             epsilon=epsilon, criterion=criterion, noise=noise, draws=draws)
+                             epsilon=epsilon, criterion=criterion, bound=bound, draws=draws, search=search,
+                             bn_recomputed=bn_loader is not None)

@@ -19,10 +19,13 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from analysis.criticality import (
+    BOUNDS,
     DEFAULT_ALPHAS,
     DEFAULT_SIGMAS,
+    SEARCHES,
     CriticalityResult,
     check_grid,
+    check_noise,
     module_criticality,
 )
 from analysis.evaluation import Forward, LossFn, Unpack
@@ -42,7 +45,7 @@ def criticality_figure(result: CriticalityResult, title: str = "module criticali
     for index, name in enumerate(names, start=1):
         m = result.modules[name]
         ax = figure.add_subplot(rows, columns, index)
-        grid = m.error if result.criterion == "error" else m.loss
+        grid = m.error if result.criterion == "error" else m.loss  # NaN: not evaluated (bisection)
         draw_heatmap(ax, np.array(grid), [f"{a:g}" for a in m.alphas], [f"{s:g}" for s in m.sigmas],
                      cbar_label=f"training {result.criterion}", cmap="magma")
         if m.argmin is not None:
@@ -93,22 +96,29 @@ class ModuleCriticality(Callback):
         modules: names or globs of submodules (None: the module's watch layers).
         theta0: "fit_start" (weights when fit began: the pretrained weights for P-T, the init for R-T)
             or a state source.
+        bn_loader: training data to re-estimate BatchNorm statistics at every grid point (None: do not).
         name: key prefix and file stem (``<name>/...``, ``<name>.json/.csv/.png``).
         Other arguments: see ``module_criticality``.
     """
 
     def __init__(self, loader: LoaderSpec, *, modules: Sequence[str] | None = None,
                  theta0: StateSource | str = "fit_start", alphas: Sequence[float] = DEFAULT_ALPHAS,
-                 sigmas: Sequence[float] = DEFAULT_SIGMAS, epsilon: float = 0.05, noise: str = "absolute",
-                 draws: int = 3, seed: int = 0, criterion: str = "error", loss_fn: LossFn = F.cross_entropy,
+                 sigmas: Sequence[float] = DEFAULT_SIGMAS, epsilon: float = 0.05, bound: str = "relative",
+                 noise: str = "absolute",
+                 draws: int = 3, seed: int = 0, criterion: str = "error", search: str = "grid",
+                 bn_loader: LoaderSpec | None = None, bn_batches: int | None = None,
+                 loss_fn: LossFn = F.cross_entropy,
                  name: str = "crit", out_dir: str | Path | None = None, unpack: Unpack | None = None,
                  forward: Forward | None = None, max_batches: int | None = None) -> None:
         super().__init__()
-        check_choice("noise", noise, ("absolute", "relative"))
+        check_noise(noise)  # only absolute noise is Chatterji et al.'s quantity
+        check_choice("bound", bound, BOUNDS)
         check_choice("criterion", criterion, ("error", "loss"))
-        self.loader, self.modules, self.theta0 = loader, modules, theta0
+        check_choice("search", search, SEARCHES)
+        self.loader, self.modules, self.theta0, self.bn_loader = loader, modules, theta0, bn_loader
         self.options = {"alphas": check_grid(alphas, "alphas"), "sigmas": check_grid(sigmas, "sigmas"),
-                        "epsilon": epsilon, "noise": noise, "draws": draws, "seed": seed, "criterion": criterion,
+                        "epsilon": epsilon, "bound": bound, "draws": draws, "seed": seed, "criterion": criterion,
+                        "search": search, "bn_batches": bn_batches,
                         "loss_fn": loss_fn, "unpack": unpack, "forward": forward, "max_batches": max_batches}
         self.name, self.out_dir = name, out_dir
         self.result: CriticalityResult | None = None
@@ -123,6 +133,7 @@ class ModuleCriticality(Callback):
         theta0 = self._start_state if from_start else self.theta0
         loader = resolve_loader(self.loader, trainer, "loader")
         self.result = module_criticality(pl_module, theta0, clone_state(pl_module), loader, self.modules,
+                                         bn_loader=resolve_loader(self.bn_loader, trainer, "bn_loader"),
                                          **self.options)
         self.result.extra["theta0"] = self.theta0 if isinstance(self.theta0, str) else "given"
         report_criticality(RunOutputs(trainer, self.out_dir), self.result, self.name)

@@ -353,16 +353,18 @@ class SVHNDataModule(_ArrayClassificationDataModule):
 
 
 class PetDataset(Dataset):
-    """Oxford-IIIT Pet items resized to S x S: classification ``(image, label)`` or segmentation dicts."""
+    """Oxford-IIIT Pet items resized to S x S: classification ``(image, label)`` or segmentation dicts; images
+    normalised by ``mean``/``std`` (ImageNet's by default; (0, 0, 0)/(1, 1, 1) keeps them in [0, 1])."""
 
-    def __init__(self, pets, image_size: int, task: str, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, pets, image_size: int, task: str, indices: Sequence[int] | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.pets = pets
         self.image_size = image_size
         self.task = task
         self.indices = list(range(len(pets))) if indices is None else list(indices)
         self.labels = torch.tensor([pets._labels[i] for i in self.indices], dtype=torch.int64)
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.mean = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -382,7 +384,14 @@ class PetDataset(Dataset):
 
 
 class OxfordPetDataModule(ArrayDataModule):
-    """Oxford-IIIT Pet: 37-breed classification, or pet/background segmentation (dict batches like scenes)."""
+    """Oxford-IIIT Pet: 37-breed classification, or pet/background segmentation (dict batches like scenes).
+
+    The validation split is ``val_fraction`` of trainval, drawn with ``split_seed`` (default: ``seed``).
+    For transfer studies: ``n_train`` / ``n_val`` / ``n_test`` cap the labelled pool, the validation and the
+    test set (None = all); ``label_fraction`` keeps that share of the pool, drawn with ``seed`` (so a fixed
+    ``split_seed`` gives every seed the same validation set and its own labelled subset); ``min_train_batches``
+    repeats a small subset so an epoch has at least that many batches; ``mean``/``std`` as in PetDataset.
+    """
 
     def __init__(
         self,
@@ -394,24 +403,52 @@ class OxfordPetDataModule(ArrayDataModule):
         val_fraction: float = 0.1,
         download: bool = False,
         num_workers: int = 0,
+        split_seed: int | None = None,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+        label_fraction: float = 1.0,
+        min_train_batches: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        super().__init__(seed, batch_size, num_workers)
+        super().__init__(seed, batch_size, num_workers, min_train_batches=min_train_batches)
         self.save_hyperparameters()
         if task not in ("classification", "segmentation"):
             raise ValueError(f"unknown task {task!r}; use 'classification' or 'segmentation'")
+        if not 0.0 < label_fraction <= 1.0:
+            raise ValueError(f"label_fraction={label_fraction} must lie in (0, 1] (the share of the labelled pool)")
         self.data_root, self.task, self.image_size = data_root, task, image_size
         self.val_fraction, self.download = val_fraction, download
+        self.split_seed = seed if split_seed is None else split_seed
+        self.caps = {"train": n_train, "val": n_val, "test": n_test}
+        self.label_fraction = label_fraction
+        self.mean, self.std = tuple(mean), tuple(std)
         self.num_classes = 37
         self.image_shape = (3, image_size, image_size)
+
+    def _cap(self, indices: np.ndarray, split: str) -> np.ndarray:
+        cap = self.caps[split]
+        return indices if cap is None else indices[: int(cap)]
+
+    @property
+    def n_labelled(self) -> int:
+        return len(self.dataset("train"))
 
     def build_datasets(self) -> dict[str, Dataset]:
         targets = ["category", "segmentation"]
         trainval = load_oxford_pet(self.data_root, "trainval", targets, self.download)
         n_val = int(round(self.val_fraction * len(trainval)))
-        val_idx, train_idx = seeded_split(len(trainval), n_val, None, self.seed)
+        val_idx, train_idx = seeded_split(len(trainval), n_val, None, self.split_seed)
+        train_idx = self._cap(train_idx, "train")
+        if self.label_fraction < 1.0:
+            keep = max(1, int(round(self.label_fraction * len(train_idx))))
+            train_idx = np.sort(np.random.default_rng(self.seed).permutation(train_idx)[:keep])
         test = load_oxford_pet(self.data_root, "test", targets, self.download)
+        test_idx = self._cap(np.arange(len(test)), "test")
+        norm = {"mean": self.mean, "std": self.std}
         return {
-            "train": PetDataset(trainval, self.image_size, self.task, train_idx),
-            "val": PetDataset(trainval, self.image_size, self.task, val_idx),
-            "test": PetDataset(test, self.image_size, self.task),
+            "train": PetDataset(trainval, self.image_size, self.task, train_idx, **norm),
+            "val": PetDataset(trainval, self.image_size, self.task, self._cap(val_idx, "val"), **norm),
+            "test": PetDataset(test, self.image_size, self.task, test_idx, **norm),
         }

@@ -8,11 +8,16 @@ says what it hands on with ``transferable_parts()``:
   stage (encoder only; labels needed).
 - Segmentation pretraining is :class:`~modules.segmentation.SegmentationModule` on the source domain
   (encoder + decoder; masks needed).
-- :class:`ReconstructionPretext`: a U-Net autoencoder, image -> image, MSE (encoder + decoder; no labels).
+- :class:`ReconstructionPretext`: a masked, denoising U-Net autoencoder: restore the clean image from one with
+  random patches masked out and Gaussian noise added, MSE (encoder + decoder; no labels). A plain autoencoder
+  would be solved by the U-Net's shallowest skip connection copying the input, teaching the encoder nothing.
 - :class:`ContrastiveReconstructionPretext`: the paper's proposal, no labels: SimCLR-style NT-Xent on the
   pooled deepest encoder features of two augmented views, plus denoising, inpainting and colourisation
   heads on the U-Net decoder (encoder + decoder).
 Inputs are [0, 1] images; every module normalises with ``input_mean``/``input_std`` like the target does.
+Every module takes ``schedule`` (``"constant"`` or ``"cosine"`` decay over the Trainer's ``max_epochs``) so that
+all source tasks can follow one budget rule. Random corruptions of validation batches come from a generator
+re-seeded per batch, so a validation loss (what early stopping watches) measures the network, not the draw.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import nn
 
 from modules.distributed import release_process_group_at_exit
 from modules.nets.unet import DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, build_unet
-from modules.segmentation import SegmentationModule, save_parts, unpack_batch
+from modules.segmentation import SegmentationModule, optimiser_and_schedule, save_parts, unpack_batch
 
 CORRUPTIONS = ("denoise", "inpaint", "colourise")
 
@@ -51,8 +56,13 @@ class PretextModule(L.LightningModule):
         release_process_group_at_exit()
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return optimiser_and_schedule(self, self.hparams.lr, self.hparams.weight_decay,
+                                      self.hparams.get("schedule", "constant"))
+
+
+def validation_generator(batch_idx: int, seed: int = 0) -> torch.Generator:
+    """The same random corruptions for validation batch ``batch_idx`` in every epoch."""
+    return torch.Generator().manual_seed(10_007 * (seed + 1) + batch_idx)
 
 
 def pooled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +76,7 @@ class ClassificationPretext(PretextModule):
     def __init__(self, num_classes: int, encoder: str = DEFAULT_ENCODER, in_channels: int = 3,
                  decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS, lr: float = 2e-3,
                  weight_decay: float = 1e-4, input_mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 input_std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+                 input_std: Sequence[float] = (0.5, 0.5, 0.5), schedule: str = "constant") -> None:
         super().__init__()
         self.save_hyperparameters()
         self._setup_common(input_mean, input_std)
@@ -103,32 +113,52 @@ class ClassificationPretext(PretextModule):
 
 
 class ReconstructionPretext(PretextModule):
-    """A U-Net autoencoder: reconstruct the [0, 1] image (sigmoid output, MSE). Hands on encoder + decoder."""
+    """A masked, denoising U-Net autoencoder (sigmoid output, MSE to the clean image). Hands on encoder + decoder.
+
+    The input has ``mask_ratio`` of its ``patch_size`` x ``patch_size`` patches replaced by grey and Gaussian
+    noise of std ``noise_std`` added; the loss is over every pixel of the clean image. Copying the input through
+    the shallow skip connection leaves the masked patches grey and the noise in: the network must use context.
+    """
 
     def __init__(self, encoder: str = DEFAULT_ENCODER, in_channels: int = 3,
                  decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS, lr: float = 2e-3,
                  weight_decay: float = 1e-4, input_mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 input_std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+                 input_std: Sequence[float] = (0.5, 0.5, 0.5), mask_ratio: float = 0.5, patch_size: int = 8,
+                 noise_std: float = 0.1, schedule: str = "constant", seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._setup_common(input_mean, input_std)
+        if not 0.0 <= mask_ratio < 1.0 or patch_size < 1 or noise_std < 0:
+            raise ValueError(f"mask_ratio={mask_ratio} must lie in [0, 1), patch_size={patch_size} be >= 1 and "
+                             f"noise_std={noise_std} >= 0. Fix: e.g. mask_ratio=0.5, patch_size=8, noise_std=0.1")
         self.net = build_unet(encoder, in_channels, in_channels, decoder_channels)
+        self._generator = torch.Generator().manual_seed(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(self.normalise(x)))
 
-    def _step(self, batch: Any, prefix: str) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Mask ``mask_ratio`` of the patches with grey, then add Gaussian noise (values stay in [0, 1])."""
+        n, _, h, w = x.shape
+        size = self.hparams.patch_size
+        rows, cols = -(-h // size), -(-w // size)
+        keep = (torch.rand(n, 1, rows, cols, generator=generator) >= self.hparams.mask_ratio).float()
+        keep = keep.repeat_interleave(size, 2).repeat_interleave(size, 3)[:, :, :h, :w].to(x.device)
+        noise = torch.randn(x.shape, generator=generator).to(x.device) * self.hparams.noise_std
+        return (x * keep + 0.5 * (1 - keep) + noise).clamp(0, 1)
+
+    def _step(self, batch: Any, prefix: str, generator: torch.Generator) -> torch.Tensor:
         x, _, _ = unpack_batch(batch)
-        loss = F.mse_loss(self(x), x)
+        loss = F.mse_loss(self(self.corrupt(x, generator)), x)
         self.log(f"{prefix}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", self._generator)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, "val", validation_generator(batch_idx, self.hparams.seed))
 
 
 # ----- contrastive + self-reconstruction -------------------------------------------------------------
@@ -237,7 +267,8 @@ class ContrastiveReconstructionPretext(PretextModule):
                  reconstruction_weight: float = 10.0, lr: float = 2e-3, weight_decay: float = 1e-4,
                  input_mean: Sequence[float] = (0.5, 0.5, 0.5), input_std: Sequence[float] = (0.5, 0.5, 0.5),
                  crop_min_scale: float = 0.5, colour_jitter: float = 0.3, grayscale_p: float = 0.1,
-                 noise_std: float = 0.15, hole_fraction: float = 0.3, seed: int = 0) -> None:
+                 noise_std: float = 0.15, hole_fraction: float = 0.3, seed: int = 0,
+                 schedule: str = "constant") -> None:
         super().__init__()
         self.save_hyperparameters()
         self._setup_common(input_mean, input_std)
@@ -258,12 +289,14 @@ class ContrastiveReconstructionPretext(PretextModule):
         decoded = self.net.decoder(features)
         return features[-1].mean(dim=(2, 3)), decoded
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The objective's parts on one batch of clean [0, 1] images."""
+    def losses(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The objective's parts on one batch of clean [0, 1] images (random draws from ``generator``, by default
+        the module's own training generator)."""
+        generator = generator or self._generator
         tasks = list(self.hparams.tasks)
         n = x.shape[0]
         hp = self.hparams
-        views = [augment(x, self._generator, hp.crop_min_scale, hp.colour_jitter, hp.grayscale_p) for _ in range(2)]
+        views = [augment(x, generator, hp.crop_min_scale, hp.colour_jitter, hp.grayscale_p) for _ in range(2)]
         inputs, weights, assigned = [], [], []
         for view in views:
             task_of = [i % len(tasks) for i in range(n)]
@@ -272,7 +305,7 @@ class ContrastiveReconstructionPretext(PretextModule):
             for t, task in enumerate(tasks):
                 idx = [i for i in range(n) if task_of[i] == t]
                 if idx:
-                    corrupted[idx], weight[idx] = corrupt(view[idx], task, self._generator, hp.noise_std,
+                    corrupted[idx], weight[idx] = corrupt(view[idx], task, generator, hp.noise_std,
                                                           hp.hole_fraction)
             inputs.append(corrupted)
             weights.append(weight)
@@ -295,9 +328,9 @@ class ContrastiveReconstructionPretext(PretextModule):
         total = self.hparams.contrastive_weight * contrastive + self.hparams.reconstruction_weight * reconstruction
         return {"loss": total, "ntxent": contrastive, "reconstruction": reconstruction, **parts}
 
-    def _step(self, batch: Any, prefix: str) -> torch.Tensor:
+    def _step(self, batch: Any, prefix: str, generator: torch.Generator | None = None) -> torch.Tensor:
         x, _, _ = unpack_batch(batch)
-        parts = self.losses(x)
+        parts = self.losses(x, generator)
         for name, value in parts.items():
             self.log(f"{prefix}/{name}", value, on_step=False, on_epoch=True, prog_bar=name == "loss",
                      batch_size=len(x), sync_dist=True)
@@ -307,7 +340,7 @@ class ContrastiveReconstructionPretext(PretextModule):
         return self._step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, "val", validation_generator(batch_idx, self.hparams.seed))
 
 
 SOURCE_TASKS = ("classification", "segmentation", "reconstruction", "contrastive")

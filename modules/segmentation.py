@@ -5,8 +5,14 @@ Initialisation is explicit and separate for encoder and decoder:
   ``"checkpoint"`` (the ``encoder`` entry of a parts file written by a source run, ``encoder_checkpoint``);
 - ``decoder_init``: ``"random"`` | ``"checkpoint"`` (the ``decoder`` entry of ``decoder_checkpoint``).
 The segmentation head (a 3x3 conv to the classes) always starts fresh: its size depends on the task.
-``freeze``: ``"none"`` | ``"encoder"`` | ``"decoder"``; frozen parameters get no gradient and frozen
-BatchNorm layers keep their running statistics (they stay in eval mode while training).
+``freeze``: ``"none"`` | ``"encoder"`` | ``"decoder"``; frozen parameters get no gradient. ``frozen_norms``
+is the BatchNorm policy of a frozen part: ``"eval"`` (default, as smp's ``freeze_encoder()``: its BatchNorm
+layers stay in eval mode and normalise with their stored running statistics, which never change) or
+``"train"`` (they normalise with batch statistics and update their running statistics, so the frozen part's
+function drifts although no weight is trained).
+
+Optimiser: AdamW; ``schedule`` ``"constant"`` or ``"cosine"`` (cosine decay of the learning rate to 0 over the
+Trainer's ``max_epochs``, stepped per epoch, so a run ends on a plateau whatever its budget).
 
 Loss: ``dice_weight`` x soft Dice (smp ``DiceLoss``, multiclass, classes present in the batch) +
 ``ce_weight`` x cross-entropy, both weights 1 by default.
@@ -18,7 +24,9 @@ Metrics (torchmetrics, ``input_format="index"``, background excluded):
 - IoU = ``MeanIoU``: per image and foreground class IoU, averaged over the (image, class) pairs where the
   class occurs in the prediction or the target.
 Logged per epoch: ``train/loss``, ``val/dice``, ``val/iou`` (+ ``val/loss``); ``test/dice``, ``test/iou``.
-The per-epoch validation curve is also kept in ``history`` (saved in checkpoints, so it survives resume).
+The per-epoch validation curve, with the optimiser step it was measured at, is also kept in ``history`` (saved
+in checkpoints, so it survives resume). The test also keeps every test image's own Dice in ``test_image_dice``
+(the spread of Dice over images says how much of a run's test Dice is evaluation noise).
 """
 
 from __future__ import annotations
@@ -50,6 +58,31 @@ from modules.nets.unet import (
 ENCODER_INITS = ("random", "imagenet", "checkpoint")
 DECODER_INITS = ("random", "checkpoint")
 FREEZE_POLICIES = ("none", "encoder", "decoder")
+FROZEN_NORM_POLICIES = ("eval", "train")
+SCHEDULES = ("constant", "cosine")
+
+
+def optimiser_and_schedule(module: L.LightningModule, lr: float, weight_decay: float, schedule: str):
+    """AdamW over the trainable parameters, with a per-epoch cosine decay to 0 over ``max_epochs`` if asked."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "constant":
+        return optimiser
+    epochs = max(1, int(module.trainer.max_epochs or 1))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
+    return {"optimizer": optimiser, "lr_scheduler": {"scheduler": cosine, "interval": "epoch"}}
+
+
+def image_dice(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per image (N,): the Dice of each foreground class, averaged over the classes present in the prediction
+    or the target (NaN where none is), as torchmetrics' samplewise macro DiceScore without background."""
+    per_class = []
+    for c in range(1, max(classes, 2)):
+        p, t = pred == c, target == c
+        inter = (p & t).flatten(1).sum(1).float()
+        total = p.flatten(1).sum(1).float() + t.flatten(1).sum(1).float()
+        per_class.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.nan))
+    return torch.stack(per_class, 1).nanmean(1)
 
 
 def check_choice(kind: str, value: str, choices: Sequence[str]) -> str:
@@ -113,6 +146,8 @@ class SegmentationModule(L.LightningModule):
         encoder_checkpoint: str | None = None,
         decoder_checkpoint: str | None = None,
         freeze: str = "none",
+        frozen_norms: str = "eval",
+        schedule: str = "constant",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         dice_weight: float = 1.0,
@@ -126,6 +161,8 @@ class SegmentationModule(L.LightningModule):
         check_choice("encoder_init", encoder_init, ENCODER_INITS)
         check_choice("decoder_init", decoder_init, DECODER_INITS)
         check_choice("freeze policy", freeze, FREEZE_POLICIES)
+        check_choice("frozen_norms policy", frozen_norms, FROZEN_NORM_POLICIES)
+        check_choice("schedule", schedule, SCHEDULES)
         if encoder_init == "checkpoint" and not encoder_checkpoint:
             raise UNetConfigError('encoder_init="checkpoint" needs encoder_checkpoint',
                                   "pass the parts.pt of a source run as encoder_checkpoint")
@@ -143,6 +180,7 @@ class SegmentationModule(L.LightningModule):
         self.val_dice, self.val_iou = self._metrics()
         self.test_dice, self.test_iou = self._metrics()
         self.history: list[dict[str, float]] = []
+        self.test_image_dice: list[float] = []
         self._train_losses: list[torch.Tensor] = []
 
     # ----- construction -------------------------------------------------------------------------
@@ -192,7 +230,8 @@ class SegmentationModule(L.LightningModule):
         return self.hparams.dice_weight * self.dice_loss(logits, mask) + self.hparams.ce_weight * ce
 
     def on_train_epoch_start(self) -> None:
-        keep_frozen_norms_in_eval(self.net)
+        if self.hparams.frozen_norms == "eval":
+            keep_frozen_norms_in_eval(self.net)
         self._train_losses = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -202,7 +241,8 @@ class SegmentationModule(L.LightningModule):
         self._train_losses.append(loss.detach())
         return loss
 
-    def _evaluate(self, batch: Any, dice: DiceScore, iou: MeanIoU, prefix: str) -> None:
+    def _evaluate(self, batch: Any, dice: DiceScore, iou: MeanIoU, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update and log the metrics of one batch; return (predicted, true) class indices."""
         x, mask, _ = unpack_batch(batch)
         mask = as_index_mask(mask)
         logits = self(x)
@@ -213,18 +253,24 @@ class SegmentationModule(L.LightningModule):
                  sync_dist=True)
         self.log(f"{prefix}/dice", dice, on_step=False, on_epoch=True, prog_bar=prefix == "val")
         self.log(f"{prefix}/iou", iou, on_step=False, on_epoch=True)
+        return pred, mask
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, self.val_dice, self.val_iou, "val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_image_dice = []
+
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_dice, self.test_iou, "test")
+        pred, mask = self._evaluate(batch, self.test_dice, self.test_iou, "test")
+        self.test_image_dice += image_dice(pred, mask, self.hparams.classes).tolist()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         # callback_metrics are refreshed only after this hook: read the metric objects themselves.
-        row = {"epoch": int(self.current_epoch), "val/dice": float(self.val_dice.compute()),
+        row = {"epoch": int(self.current_epoch), "step": int(self.global_step),
+               "val/dice": float(self.val_dice.compute()),
                "val/iou": float(self.val_iou.compute())}
         if self._train_losses:
             row["train/loss"] = float(torch.stack(self._train_losses).mean())
@@ -243,8 +289,7 @@ class SegmentationModule(L.LightningModule):
         release_process_group_at_exit()
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return optimiser_and_schedule(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.schedule)
 
     def transferable_parts(self) -> dict[str, nn.Module]:
         """What a source run of this module hands on: its encoder and decoder (the head is task-specific)."""

@@ -7,7 +7,10 @@ PROFILE=smoke``):
 - the smoke profile runs end to end and writes report.md, summary.csv and findings.json;
 - a second run of the same command trains nothing;
 - the report reads only the current plan's runs (a run of another config in the same store is ignored);
-- every finding id in findings.json can be made to hold and to fail with fabricated runs.
+- every finding id in findings.json can be made to hold and to fail with fabricated runs;
+- a run interrupted (Ctrl-C) after a checkpoint resumes to exactly the uninterrupted run's metrics.json: a
+  subclass names the run with ``resume_stage`` (a stage whose runs need no other run) and ``resume_overrides``
+  (``--set`` values under which that run trains several checkpointed epochs of the smoke profile).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +65,9 @@ class StudyTester:
 
     study_name: str = ""
     smoke_args: tuple[str, ...] = ()
+    resume_stage: str = ""
+    resume_overrides: tuple[str, ...] = ()
+    timing_metrics: tuple[str, ...] = ("wall_seconds", "train_seconds")  # clock readings, not results
 
     def fabricate(self, finding_id: str, holds: bool, tmp_path: Path) -> PlanResults:
         raise NotImplementedError(f"{type(self).__name__} has no fabricated runs for finding {finding_id!r}")
@@ -140,3 +149,42 @@ class StudyTester:
         assert not wrong, "\n".join(wrong)
 
 
+
+    def test_a_run_interrupted_at_a_checkpoint_resumes_to_the_uninterrupted_metrics(self, tmp_path):
+        """Ctrl-C once the run has a checkpoint, then the same command: metrics.json equals the uninterrupted
+        run's (CPU, same seed, one thread), RNG streams, samplers, optimiser and schedulers included."""
+        assert self.resume_stage, f"{type(self).__name__} must name resume_stage and resume_overrides"
+        overrides = ["threads=1", *self.resume_overrides] if "threads" in self.smoke_cfg() else [
+            *self.resume_overrides]
+        cfg = resolve_config(self.study_name, "smoke", overrides)
+        run = next(r for r in self.study.plan(cfg) if r.stage == self.resume_stage and not r.needs)
+        command = [sys.executable, "-m", "benchmarks", self.study_name, "--profile", "smoke", "--keys", run.key,
+                   "--jobs", "1", "--accelerator", "cpu", *[a for o in overrides for a in ("--set", o)]]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+        def launch(results: Path, **popen):
+            return subprocess.Popen([*command, "--results", str(results)], cwd=REPO, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+        whole = launch(tmp_path / "whole")
+        assert whole.wait(timeout=900) == 0, whole.stdout.read()[-3000:]
+        part = launch(tmp_path / "part", start_new_session=True)
+        run_dir = RunStore(self.study_name, tmp_path / "part").run_dir(run.key)
+        deadline = time.time() + 600
+        while time.time() < deadline and part.poll() is None and not list(run_dir.glob("**/*.ckpt")):
+            time.sleep(0.1)
+        os.killpg(part.pid, signal.SIGINT)
+        output, _ = part.communicate(timeout=300)
+        assert part.returncode == 130, f"the run was not interrupted after its first checkpoint:\n{output[-3000:]}"
+        again = launch(tmp_path / "part")
+        output, _ = again.communicate(timeout=900)
+        assert again.returncode == 0 and "(resuming)" in output, output[-3000:]
+
+        def metrics(results: Path) -> dict:
+            values = RunStore(self.study_name, results).metrics(run.key)
+            return {k: v for k, v in values.items() if k not in self.timing_metrics}
+
+        resumed, whole_metrics = metrics(tmp_path / "part"), metrics(tmp_path / "whole")
+        differ = {k: (resumed.get(k), whole_metrics.get(k)) for k in resumed.keys() | whole_metrics.keys()
+                  if resumed.get(k) != whole_metrics.get(k)}
+        assert not differ, f"resumed vs uninterrupted: {differ}"

@@ -194,3 +194,26 @@ def test_oxford_pet_fixture_gives_classification_and_segmentation(tmp_path):
     classification.setup()
     x, y = next(iter(classification.test_dataloader()))
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
+
+
+def test_oxford_pet_for_transfer_fixes_validation_and_draws_the_labelled_subset_by_seed(tmp_path):
+    """split_seed fixes the validation images for every seed; the seed draws label_fraction of the capped pool;
+    mean 0 / std 1 keeps images in [0, 1]; small subsets repeat to min_train_batches batches per epoch."""
+    write_oxford_pet(tmp_path, per_split=12)
+
+    def pets(seed: int) -> OxfordPetDataModule:
+        dm = OxfordPetDataModule(str(tmp_path), image_size=32, seed=seed, batch_size=2, val_fraction=0.25,
+                                 split_seed=0, n_train=8, n_test=5, label_fraction=0.5, min_train_batches=3,
+                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        dm.setup()
+        return dm
+
+    a, b = pets(0), pets(1)
+    assert a.dataset("val").indices == b.dataset("val").indices and len(a.dataset("val")) == 3
+    assert a.n_labelled == b.n_labelled == 4 and len(a.dataset("test")) == 5
+    assert a.dataset("train").indices == pets(0).dataset("train").indices  # the seed fixes the subset
+    assert a.dataset("train").indices != b.dataset("train").indices  # another seed, another subset
+    assert not set(a.dataset("train").indices) & set(a.dataset("val").indices)
+    batch = next(iter(a.test_dataloader()))
+    assert 0.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
+    assert len(a.train_dataloader()) >= 3

@@ -141,3 +141,20 @@ def test_classification_pretext_learns_labels():
 def test_unknown_source_task_suggests_a_name():
     with pytest.raises(ValueError, match='Did you mean "contrastive"'):
         build_source_module("contrastiv")
+
+
+def test_the_reconstruction_pretext_cannot_be_solved_by_copying_its_input():
+    """Masked patches and noise: the identity map (what the U-Net's shallow skip could learn) is far from the
+    clean image; validation corruptions repeat exactly, so the validation loss measures the network."""
+    module = ReconstructionPretext(mask_ratio=0.5, patch_size=8, noise_std=0.1, **SMALL)
+    x = images(8)
+    corrupted = module.corrupt(x, torch.Generator().manual_seed(0))
+    grey = (corrupted - 0.5).abs().amax(1) < 0.35  # masked pixels: grey plus noise
+    assert 0.3 < grey.float().mean() < 0.7
+    assert torch.nn.functional.mse_loss(corrupted, x) > 0.01
+    from modules.pretext import validation_generator
+
+    again = module.corrupt(x, validation_generator(3))
+    assert torch.equal(again, module.corrupt(x, validation_generator(3)))
+    with pytest.raises(ValueError, match="mask_ratio"):
+        ReconstructionPretext(mask_ratio=1.0, **SMALL)

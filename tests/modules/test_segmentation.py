@@ -182,3 +182,43 @@ def test_bad_settings_name_the_problem_and_the_fix(kwargs, message):
 def test_a_missing_parts_file_says_how_to_get_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the source stage first"):
         SegmentationModule(encoder_init="checkpoint", encoder_checkpoint=str(tmp_path / "none.pt"), **SMALL)
+
+
+def test_a_frozen_encoder_with_train_mode_norms_drifts_although_no_weight_trains():
+    """frozen_norms="train": BatchNorm uses batch statistics and updates its running statistics, so the frozen
+    encoder's buffers move; "eval" (the default, smp's freeze_encoder) keeps them bit-identical."""
+    torch.manual_seed(0)
+    drifting = SegmentationModule(freeze="encoder", frozen_norms="train", **SMALL)
+    weights = float_params(drifting.net.encoder)
+    buffers = {k: v.clone() for k, v in drifting.net.encoder.state_dict().items() if "running" in k}
+    _train_steps(drifting)
+    assert same(float_params(drifting.net.encoder), weights)
+    assert any(not torch.equal(drifting.net.encoder.state_dict()[k], v) for k, v in buffers.items())
+    with pytest.raises(UNetConfigError, match='Did you mean "eval"'):
+        SegmentationModule(frozen_norms="evl", **SMALL)
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_epoch_budget(tmp_path):
+    torch.manual_seed(0)
+    module = SegmentationModule(lr=4e-3, schedule="cosine", **SMALL)
+    trainer = L.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                        accelerator="cpu", limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, DataLoader(Blobs(8), batch_size=8), DataLoader(Blobs(8, seed=1), batch_size=8))
+    (scheduler,) = trainer.lr_scheduler_configs
+    assert scheduler.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    assert [row["step"] for row in module.history] == [1, 2, 3, 4]  # the optimiser step of every validation
+
+
+def test_per_image_test_dice_agrees_with_the_torchmetrics_average(tmp_path):
+    """The per-image Dice the study reports the spread of averages to exactly the logged test Dice."""
+    torch.manual_seed(0)
+    module = SegmentationModule(lr=5e-3, **SMALL)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                        accelerator="cpu")
+    data = DataLoader(Blobs(12, seed=2), batch_size=5)
+    trainer.fit(module, DataLoader(Blobs(16), batch_size=8), data)
+    result = trainer.test(module, data, verbose=False)[0]
+    assert len(module.test_image_dice) == 12
+    assert sum(module.test_image_dice) / 12 == pytest.approx(result["test/dice"], abs=1e-5)

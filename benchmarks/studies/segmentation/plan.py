@@ -3,9 +3,11 @@
 1. ``source``, one run per source task, trained once: its key depends only on its own config, so it
    is cached across benchmark runs and target settings. ``imagenet`` (real EfficientNet-Lite0 weights)
    and ``random`` need no source run.
-2. ``target``, variant x label fraction x seed: every encoder source with a random decoder, with the
-   decoder transferred from the same source where the source trains one, and the control "frozen
-   random encoder + trained decoder". The same seed gives the same labelled subset and the same fresh
+   Sources always train on the embedded source scenes.
+2. ``target``, variant x label fraction x seed, on the target domain ``data.kind`` (the embedded target
+   scenes, or Oxford-IIIT Pet pet/background segmentation from the data root): every encoder source with a
+   random decoder, with the decoder transferred from the same source where the source trains one, and the
+   control "frozen random encoder + trained decoder". The same seed gives the same labelled subset and the same fresh
    parts for every variant, so variants are compared pairwise by seed.
 """
 
@@ -48,7 +50,9 @@ def variants(cfg: dict) -> list[dict]:
 def source_config(cfg: dict, task: str) -> dict[str, Any]:
     """Everything a source run depends on, and nothing else (so its key, and its cache, stay put)."""
     options = (cfg.get("source_tasks") or {}).get(task) or {}
-    return {"task": task, "model": cfg["model"], "data": cfg["data"], "source": cfg["source"],
+    # the source domain is always the embedded source scenes; data.kind chooses only the target domain
+    return {"task": task, "model": cfg["model"], "data": {"image_size": cfg["data"]["image_size"]},
+            "source": cfg["source"],
             "task_options": options, "limit_batches": cfg.get("limit_batches"),
             "checkpoint_every": cfg.get("checkpoint_every"), "threads": cfg.get("threads")}
 
@@ -72,6 +76,8 @@ def plan(cfg: dict) -> list[Run]:
                      "imagenet": cfg["imagenet"], "analysis": cfg["analysis"],
                      "limit_batches": cfg.get("limit_batches"), "checkpoint_every": cfg.get("checkpoint_every"),
                      "threads": cfg.get("threads")}
+    if checked["data_kind"] == "oxford_pet":  # the only kind read from disk
+        target_common["data_root"] = checked["data_root"]
     for fraction in checked["fractions"]:
         for seed in checked["seeds"]:
             for v in variants(cfg):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,11 +99,15 @@ def layer_cka(net_a: nn.Module, net_b: nn.Module, layers: Sequence[str], inputs:
 
 def weight_distances(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
                      groups: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """l2 distance of the weights of each layer group and of all floating tensors ("total")."""
+    """l2 distance of the learned weights of each layer group and of all of them ("total"); the BatchNorm
+    running statistics (buffers, not weights) are reported apart ("buffers")."""
     from similarity import weight_l2_distance
 
     out = {name: float(weight_l2_distance(state_a, state_b, keys=keys)) for name, keys in groups.items()}
-    out["total"] = float(weight_l2_distance(state_a, state_b))
+    weights = [k for keys in groups.values() for k in keys]
+    out["total"] = float(weight_l2_distance(state_a, state_b, keys=weights))
+    buffers = [k for k, v in state_a.items() if k not in set(weights) and v.is_floating_point()]
+    out["buffers"] = float(weight_l2_distance(state_a, state_b, keys=buffers)) if buffers else 0.0
     return out
 
 
@@ -123,7 +128,7 @@ def compare_pair(template: nn.Module, state_a: Mapping[str, torch.Tensor], state
     return PairResult(cka=cka, l2=l2, interpolation=curve)
 
 
-def pairs_of(members: Mapping[str, Mapping[int, str]]) -> list[tuple[str, int, int, str, str]]:
+def pairs_of(members: Mapping[str, Mapping[int, Any]]) -> list[tuple[str, int, int, Any, Any]]:
     """The pairs to compare from run keys by arm and seed: (kind, seed_a, seed_b, key_a, key_b).
 
     For every two seeds i < j (seeds both arms have): P-T_i/P-T_j, R-T_i/R-T_j and P-T_i/R-T_j, so
@@ -142,25 +147,44 @@ def pairs_of(members: Mapping[str, Mapping[int, str]]) -> list[tuple[str, int, i
 def criticality(template: nn.Module, theta0: Mapping[str, torch.Tensor], thetaf: Mapping[str, torch.Tensor],
                 train_loader: Iterable, options: Mapping[str, Any], seed: int = 0,
                 max_batches: int | None = None):
-    """Module criticality of each of ``criticality_modules(template)`` between ``theta0`` and ``thetaf``.
+    """Module criticality (Chatterji et al.) of each of ``criticality_modules(template)`` between ``theta0``
+    and ``thetaf``, absolute noise, BatchNorm statistics re-estimated on ``train_loader`` at every point.
 
-    ``options``: alphas, sigmas, epsilon, noise ("absolute"/"relative"), draws, criterion ("error"/"loss")
-    as in ``callbacks.criticality.module_criticality``.
+    ``options`` (the profile's ``analysis.criticality``): alphas, sigma_min/sigma_max/sigma_points (a log-spaced
+    sigma grid), epsilon, bound, draws, criterion, search, bn_batches (see ``analysis.criticality``).
     """
-    from analysis.criticality import module_criticality
+    from analysis.criticality import module_criticality, sigma_grid
 
     net = with_state(template, thetaf)
+    sigmas = sigma_grid(float(options["sigma_min"]), float(options["sigma_max"]), int(options["sigma_points"]))
     return module_criticality(net, dict(theta0), dict(thetaf), train_loader, criticality_modules(template),
-                              alphas=options["alphas"], sigmas=options["sigmas"],
-                              epsilon=float(options["epsilon"]), noise=options["noise"],
-                              draws=int(options["draws"]), seed=seed, criterion=options["criterion"],
-                              max_batches=max_batches)
+                              alphas=options["alphas"], sigmas=sigmas, epsilon=float(options["epsilon"]),
+                              bound=options["bound"], draws=int(options["draws"]), seed=seed,
+                              criterion=options["criterion"], search=options["search"], bn_loader=train_loader,
+                              bn_batches=options.get("bn_batches"), max_batches=max_batches)
 
 
 # ============================================================================================ the analysis stages
 def _member(ctx: RunContext, key: str) -> tuple[dict, Path]:
     run_dir = ctx.output_of(key)
     return yaml.safe_load((run_dir / "run.yaml").read_text())["params"], run_dir
+
+
+def chosen_members(ctx: RunContext, keys: Sequence[str]) -> tuple[dict[str, dict[int, Path]], dict[str, float]]:
+    """The finished train runs ``keys`` reduced to each arm's chosen learning rate: (arm -> seed -> run
+    directory, arm -> rate). The rate is chosen on mean final validation accuracy (``protocol.choose_lr``)."""
+    from benchmarks.studies.transfer.protocol import choose_lr
+
+    found: dict[str, dict[float, dict[int, tuple[Path, float]]]] = {}
+    for key in keys:
+        params, run_dir = _member(ctx, key)
+        val = float(json.loads((run_dir / "metrics.json").read_text())["val_acc"])
+        found.setdefault(params["init"], {}).setdefault(float(params["lr"]), {})[int(params["seed"])] = (run_dir, val)
+    members, rates = {}, {}
+    for arm, by_lr in found.items():
+        rates[arm] = choose_lr({lr: [v for _, v in seeds.values()] for lr, seeds in by_lr.items()})
+        members[arm] = {seed: run_dir for seed, (run_dir, _) in by_lr[rates[arm]].items()}
+    return members, rates
 
 
 def _intact_data(run: Run):
@@ -185,22 +209,19 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
     analysis = run.config["analysis"]
     dm, train, test = _intact_data(run)
     probe = select_probe(dm.dataset("test"), int(analysis["probe_size"]), seed=0).inputs
-    members: dict[str, dict[int, str]] = {}
-    dirs: dict[str, Path] = {}
-    for key in run.needs:
-        params, run_dir = _member(ctx, key)
-        members.setdefault(params["init"], {})[int(params["seed"])] = key
-        dirs[key] = run_dir
-    first = dirs[run.needs[0]]
+    members, rates = chosen_members(ctx, run.needs)
+    first = next(iter(next(iter(members.values())).values()))
     template = load_net(run.config["source"], dm.num_classes, first / "final.pt")
     outputs = ctx.outputs()
     limit = run.config["target"].get("limit_batches")
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     layers: list[str] = []
-    for kind, i, j, key_a, key_b in pairs_of(members):
-        state_a = torch.load(dirs[key_a] / "final.pt", weights_only=True)
-        state_b = torch.load(dirs[key_b] / "final.pt", weights_only=True)
+    for arm, rate in rates.items():
+        metrics[f"lr/{arm}"] = rate
+    for kind, i, j, dir_a, dir_b in pairs_of(members):
+        state_a = torch.load(dir_a / "final.pt", weights_only=True)
+        state_b = torch.load(dir_b / "final.pt", weights_only=True)
         result = compare_pair(template, state_a, state_b, probe, test, train, lambdas=int(analysis["lambdas"]),
                               bn_batches=analysis.get("bn_batches"), max_batches=limit)
         pair = f"{i}-{j}"
@@ -217,6 +238,7 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
             rows.append({"kind": kind, "pair": pair, "layer": layer, "layer_index": index,
                          "cka": result.cka[layer], "l2": result.l2[layer]})
         metrics[f"l2/{kind}/{pair}/total"] = result.l2["total"]
+        metrics[f"l2_buffers/{kind}/{pair}"] = result.l2["buffers"]
     # per-layer curves against the layer index, one line per pair kind (mean over pairs)
     outputs.define_curve("cka", "cka/layer_index", [f"cka/{k}" for k in PAIR_KINDS])
     outputs.define_curve("l2", "l2/layer_index", [f"l2/{k}" for k in PAIR_KINDS])
@@ -232,17 +254,20 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
     outputs.csv("pairs.csv", rows)
     outputs.figure("cka.png", cka_figure(rows, layers), wandb_key="cka/bars")
     outputs.summary({k: v for k, v in metrics.items() if "barrier" in k or "/total" in k})
-    outputs.json("pairs.json", {"bn_recomputed": True, "lambdas": int(analysis["lambdas"]), "rows": rows})
+    outputs.json("pairs.json", {"bn_recomputed": True, "lambdas": int(analysis["lambdas"]), "lr": rates,
+                                "rows": rows})
     return metrics
 
 
 def run_criticality(run: Run, ctx: RunContext) -> dict[str, float]:
-    """Module criticality of one intact run (theta0 = its init.pt, thetaf = its final.pt)."""
+    """Module criticality of one intact run at its arm's chosen rate (theta0 = its init.pt, thetaf = its final.pt)."""
     from benchmarks.studies.transfer.train import load_net
     from callbacks.criticality import report_criticality
 
     dm, train, _test = _intact_data(run)
-    run_dir = ctx.output_of(run.config["of"])
+    members, rates = chosen_members(ctx, run.needs)
+    arm = run.params["init"]
+    run_dir = members[arm][int(run.params["seed"])]
     template = load_net(run.config["source"], dm.num_classes, run_dir / "final.pt")
     theta0 = torch.load(run_dir / "init.pt", weights_only=True)
     thetaf = torch.load(run_dir / "final.pt", weights_only=True)
@@ -251,12 +276,9 @@ def run_criticality(run: Run, ctx: RunContext) -> dict[str, float]:
                          max_batches=run.config["target"].get("limit_batches"))
     result.extra["theta0"] = "pretrained weights + fresh head" if run.params["init"] == "pretrained" else "random init"
     report_criticality(ctx.outputs(), result, name="crit")
-    metrics: dict[str, float] = {"reference_error": float(result.reference_error)}
+    metrics: dict[str, float] = {"reference_error": float(result.reference_error), "lr": float(rates[arm])}
     for depth, (name, module) in enumerate(result.modules.items()):
         metrics[f"depth/{name}"] = float(depth)
         metrics[f"criticality/{name}"] = float(module.criticality)
-        i0 = module.alphas.index(min(module.alphas))
-        j0 = module.sigmas.index(min(module.sigmas))
-        metrics[f"rewind_error/{name}"] = float(module.error[i0][j0])
         metrics[f"distance/{name}"] = math.sqrt(module.distance_sq)
     return metrics

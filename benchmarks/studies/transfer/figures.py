@@ -170,15 +170,17 @@ def criticality_figure(res, source: str):
         for j, name in enumerate(modules):
             m = data["modules"][name]
             ax = fig.add_subplot(len(arms), len(modules), i * len(modules) + j + 1)
-            draw_heatmap(ax, np.array(m["error"]), [f"{a:g}" for a in m["alphas"]], [f"{s:g}" for s in m["sigmas"]],
+            draw_heatmap(ax, np.array(m["error"]), [f"{a:g}" for a in m["alphas"]], [f"{s:.2g}" for s in m["sigmas"]],
                          cbar_label="train error", vmin=0.0, vmax=1.0, cmap="magma", annotate=False)
             crit = m["criticality"]
             crit_text = "inf" if crit is None or not math.isfinite(crit) else f"{crit:.3g}"
             ax.set_title(f"{ARM_LABEL[arm]} s{seed} {name}\ncriticality {crit_text}", fontsize=8)
-            ax.set_xlabel(f"σ ({data['noise']})", fontsize=7)
+            ax.set_xlabel("σ (absolute noise)", fontsize=7)
             ax.set_ylabel("α (θ0→θf)", fontsize=7)
-    fig.suptitle(f"{source}: module criticality (training error; ε = {next(iter(chosen.values()))[1]['epsilon']:g} "
-                 "above the final error passes)")
+    first = next(iter(chosen.values()))[1]
+    bound = "≤ ε" if first.get("bound") == "absolute" else "≤ final error + ε"
+    fig.suptitle(f"{source}: module criticality (training error; ε = {first['epsilon']:g}, passing: {bound}; "
+                 "blank: not evaluated)")
     return fig
 
 
@@ -198,7 +200,7 @@ def checkpoint_figure(res, source: str):
     pre = [r for r in res.stage("pretrain") if r["params"]["source"] == source]
     if pre:
         accs = [pre[0]["metrics"].get(f"source_acc@{s}") for s in steps]
-        ax.plot(steps, accs, marker="s", linestyle="--", color="grey", label="source (Fashion-MNIST) accuracy")
+        ax.plot(steps, accs, marker="s", linestyle="--", color="grey", label="source test accuracy")
     ax.set_xscale("symlog", linthresh=max(1, steps[1] if len(steps) > 1 else 1))
     ax.set_xlabel("pretraining step of the checkpoint")
     ax.set_ylabel("accuracy")

@@ -42,10 +42,16 @@ CLAIM = {c.id: c for c in CLAIMS}
 SeedValues = list[tuple[Hashable, float]]
 
 
+def near_far(cfg) -> list[str]:
+    """The used sources ordered from nearest to farthest from the target (``domain_distance``; else use_sources)."""
+    order = [s for s in cfg.get("domain_distance") or [] if s in cfg["use_sources"]]
+    return order or list(dict.fromkeys(cfg["use_sources"]))
+
+
 def _block_gains(results, key: str = "test_acc") -> dict[tuple[str, int], dict[int, float]]:
-    """(source, block) -> seed -> P-T minus R-T of ``key``, for every source of the study."""
+    """(source, block) -> seed -> P-T minus R-T of ``key`` (each arm at its chosen rate), for every source."""
     out = {}
-    for source in results.cfg["use_sources"]:
+    for source in dict.fromkeys(results.cfg["use_sources"]):
         for block, cell in sorted(train_table(results, source).items()):
             diff = arm_difference(cell, key)
             if diff:
@@ -57,55 +63,78 @@ def _label(results, source: str, block: int) -> str:
     return f"{source} b={block_label(block, intact_block(results.cfg, source))}"
 
 
-def pt_beats_rt_every_block(results) -> Finding:
-    claim = CLAIM["pt_beats_rt_every_block"]
-    gains = _block_gains(results)
-    if not gains:
-        return unmeasured(claim, UNIT, "needs finished train runs of both arms")
-    effects = {_label(results, s, b): list(v.values()) for (s, b), v in gains.items()}
-    outcome = stats.all_greater(effects)
-    detail = "; ".join(f"{label}: {np.mean(v):+.3f}" for label, v in effects.items())
-    return decide(claim, outcome, UNIT, f"P-T - R-T test accuracy by block size: {detail}")
+def _intact_gain(results, source: str) -> dict[int, float]:
+    return _block_gains(results).get((source, intact_block(results.cfg, source)), {})
+
+
+def pt_beats_rt_near(results) -> Finding:
+    claim = CLAIM["pt_beats_rt_near"]
+    near = near_far(results.cfg)[0]
+    gain = _intact_gain(results, near)
+    if not gain:
+        return unmeasured(claim, UNIT, f"needs finished intact train runs of both arms for the near source {near}")
+    outcome = stats.greater(list(gain.values()))
+    return decide(claim, outcome, UNIT, f"effect = P-T - R-T test accuracy on intact images, near source {near}, "
+                  "each arm at its learning rate chosen on validation")
+
+
+def gain_larger_near(results) -> Finding:
+    claim = CLAIM["gain_larger_near"]
+    order = near_far(results.cfg)
+    if len(order) < 2:
+        return unmeasured(claim, UNIT, "needs two sources at different distances (domain_distance)")
+    near, far = order[0], order[-1]
+    gains = {s: _intact_gain(results, s) for s in (near, far)}
+    effects = stats.paired(gains[near], gains[far])
+    if not effects:
+        return unmeasured(claim, UNIT, f"needs intact train runs of both arms for {near} and {far}")
+    detail = ", ".join(f"{s}: {np.mean(list(g.values())):+.3f}" for s, g in gains.items() if g)
+    return decide(claim, stats.greater(effects), UNIT, f"effect = per seed, P-T gain ({near}) - P-T gain ({far}) on "
+                  f"intact images; mean gains {detail}")
 
 
 def advantage_shrinks(results) -> Finding:
     """Trend of the P-T advantage on log2(block / image side), per seed (centred within each source)."""
     claim = CLAIM["advantage_shrinks"]
     points: dict[Hashable, list[tuple[float, float]]] = {}
-    for source in results.cfg["use_sources"]:
+    per_block = []
+    for source in dict.fromkeys(results.cfg["use_sources"]):
         size = intact_block(results.cfg, source)
         by_seed: dict[int, list[tuple[float, float]]] = {}
-        for block, cell in train_table(results, source).items():
-            for seed, gain in arm_difference(cell, "test_acc").items():
-                by_seed.setdefault(seed, []).append((math.log2(block / size), gain))
+        for block, cell in sorted(train_table(results, source).items()):
+            gain = arm_difference(cell, "test_acc")
+            if gain:
+                per_block.append(f"{_label(results, source, block)}: {np.mean(list(gain.values())):+.3f}")
+            for seed, value in gain.items():
+                by_seed.setdefault(seed, []).append((math.log2(block / size), value))
         for seed, pts in by_seed.items():
+            if len({x for x, _ in pts}) < 2:
+                continue  # a source at one block size says nothing about the trend
             centre = float(np.mean([y for _, y in pts]))  # sources differ in level; the slope is within a source
             points.setdefault(seed, []).extend((x, y - centre) for x, y in pts)
-    if not any(len({x for x, _ in pts}) >= 2 for pts in points.values()):
+    if not points:
         return unmeasured(claim, UNIT, "needs both arms at two or more block sizes")
     outcome = stats.trend(points, "increasing")
     return decide(claim, outcome, UNIT, "effect = per-seed slope of the P-T - R-T test accuracy on log2(block "
-                  "size / image side): positive = the advantage shrinks as blocks get smaller")
+                  "size / image side): positive = the gain shrinks as blocks get smaller. Mean gain per block: "
+                  + "; ".join(per_block))
 
 
 def pt_trains_faster(results) -> Finding:
     claim = CLAIM["pt_trains_faster"]
-    gains = _block_gains(results)
-    if not gains:
-        return unmeasured(claim, UNIT, "needs finished train runs of both arms")
-    vanished = [sb for sb, v in gains.items() if stats.greater(list(v.values())).verdict != "holds"]
-    where = "blocks where P-T's accuracy gain is not significant"
-    if not vanished:  # every gain held: the smallest block of each source, where the gain is smallest
-        vanished = [min((sb for sb in gains if sb[0] == s), key=lambda sb: sb[1])
-                    for s in dict.fromkeys(s for s, _ in gains)]
-        where = "the smallest block of each source (every accuracy gain held)"
     speed = _block_gains(results, "speed_train_acc")
-    pairs = [(seed, value) for sb in vanished for seed, value in speed.get(sb, {}).items()]
+    smallest = {}
+    for (source, block) in speed:
+        if len([b for s, b in speed if s == source]) >= 2:
+            smallest[source] = min(block, smallest.get(source, block))
+    if not smallest:
+        return unmeasured(claim, UNIT, "needs both arms at two or more block sizes of a source")
+    pairs = [(seed, value) for source, block in smallest.items() for seed, value in speed[(source, block)].items()]
     per_seed = stats.seed_means(pairs)
     outcome = stats.greater(list(per_seed.values()))
-    blocks = ", ".join(_label(results, s, b) for s, b in vanished)
-    return decide(claim, outcome, UNIT, f"P-T - R-T training speed (mean training accuracy over the first epochs), "
-                  f"averaged within each seed over {where}: {blocks}")
+    blocks = ", ".join(_label(results, s, b) for s, b in smallest.items())
+    return decide(claim, outcome, UNIT, "effect = P-T - R-T training speed (mean training accuracy over the first "
+                  f"epochs), averaged within each seed over the smallest block of each source: {blocks}")
 
 
 def _pair_effect(results, claim: Claim, measure: Callable[[str], dict], test: Callable, what: str) -> Finding:
@@ -145,14 +174,9 @@ def _barrier(results, source: str, kind: str) -> dict:
 
 def no_barrier_pt(results) -> Finding:
     return _pair_effect(results, CLAIM["no_barrier_pt"], lambda s: _barrier(results, s, "PT-PT"),
-                        lambda v: stats.less(v, BARRIER_MARGIN),
-                        f"effect = test {BARRIER_METRIC} barrier between two P-T solutions (BN recomputed at each λ)")
-
-
-def barrier_rt(results) -> Finding:
-    return _pair_effect(results, CLAIM["barrier_rt"], lambda s: _barrier(results, s, "RT-RT"),
-                        lambda v: stats.greater(v, BARRIER_MARGIN),
-                        f"effect = test {BARRIER_METRIC} barrier between two R-T solutions (BN recomputed at each λ)")
+                        lambda v: stats.equivalent(v, BARRIER_MARGIN),
+                        f"effect = test {BARRIER_METRIC} barrier between two P-T solutions (BN recomputed at each λ); "
+                        f"equivalence to 0 within ±{BARRIER_MARGIN:g}")
 
 
 def barrier_pt_below_rt(results) -> Finding:
@@ -187,6 +211,7 @@ def criticality_rises_with_depth(results) -> Finding:
 
 
 def earlier_checkpoint_matches(results) -> Finding:
+    """The earlier checkpoint best on validation (the random init, step 0, excluded and reported apart) vs the last."""
     from benchmarks.studies.transfer.train import checkpoint_steps
 
     claim = CLAIM["earlier_checkpoint_matches"]
@@ -194,36 +219,42 @@ def earlier_checkpoint_matches(results) -> Finding:
     notes = []
     for source in results.cfg["checkpoints"]["sources"]:
         table = checkpoint_accuracy(results, source)
-        last = checkpoint_steps(results.cfg["sources"][source]["pretrain"])[-1]
-        if last not in table or len(table) < 2:
+        last = checkpoint_steps(results.cfg["sources"][source]["pretrain"], intact_block(results.cfg, source))[-1]
+        if last not in table:
             continue
+
+        def mean_of(step: int, key: str, table: dict = table) -> float:
+            return float(np.mean([m[key] for m in table[step].values()]))
+
+        earlier = [step for step in table if step not in (0, last) and table[step]]
+        if 0 in table and table[0]:
+            notes.append(f"{source}: random init (step 0, excluded) test {mean_of(0, 'test_acc'):.3f} vs last "
+                         f"{mean_of(last, 'test_acc'):.3f}")
+        if not earlier:
+            continue
+        best = max(sorted(earlier), key=lambda step: mean_of(step, "val_acc"))  # chosen on validation
         final = {s: m["test_acc"] for s, m in table[last].items()}
-        diffs = {step: _difference({s: m["test_acc"] for s, m in seeds.items()}, final)
-                 for step, seeds in table.items() if step != last}
-        diffs = {step: d for step, d in diffs.items() if d}
-        if not diffs:
-            continue
-        best = max(diffs, key=lambda step: np.mean(list(diffs[step].values())))
-        pairs += list(diffs[best].items())
-        means = ", ".join(f"step {s}: {np.mean([m['test_acc'] for m in table[s].values()]):.3f}" for s in sorted(table))
-        notes.append(f"{source}: best earlier step {best} of {means}")
+        diff = _difference({s: m["test_acc"] for s, m in table[best].items()}, final)
+        pairs += list(diff.items())
+        means = ", ".join(f"step {s}: val {mean_of(s, 'val_acc'):.3f} test {mean_of(s, 'test_acc'):.3f}"
+                          for s in sorted(table) if s != 0)
+        notes.append(f"{source}: earlier step best on validation {best} ({means})")
     if not pairs:
-        return unmeasured(claim, UNIT, "needs checkpoint runs and the intact P-T runs of the same seeds")
+        return unmeasured(claim, UNIT, "needs checkpoint runs after step 0 and the intact P-T runs of the same seeds")
     outcome = stats.greater(list(stats.seed_means(pairs).values()), -CHECKPOINT_MARGIN)
-    return decide(claim, outcome, UNIT, "effect = test accuracy of the best earlier checkpoint minus the last one "
-                  f"(non-inferiority at -{CHECKPOINT_MARGIN:g}; the best step is picked on the same runs, which "
-                  f"favours the claim); " + "; ".join(notes))
+    return decide(claim, outcome, UNIT, "effect = test accuracy of the earlier checkpoint best on validation minus "
+                  f"the last one (non-inferiority at -{CHECKPOINT_MARGIN:g}); " + "; ".join(notes))
 
 
 DECIDERS: dict[str, Callable[[object], Finding]] = {
-    "pt_beats_rt_every_block": pt_beats_rt_every_block,
+    "pt_beats_rt_near": pt_beats_rt_near,
+    "gain_larger_near": gain_larger_near,
     "advantage_shrinks": advantage_shrinks,
     "pt_trains_faster": pt_trains_faster,
     "cka_pt_above_rt": cka_pt_above_rt,
     "l2_pt_below_rt": l2_pt_below_rt,
-    "no_barrier_pt": no_barrier_pt,
-    "barrier_rt": barrier_rt,
     "barrier_pt_below_rt": barrier_pt_below_rt,
+    "no_barrier_pt": no_barrier_pt,
     "criticality_rises_with_depth": criticality_rises_with_depth,
     "earlier_checkpoint_matches": earlier_checkpoint_matches,
 }

@@ -34,27 +34,31 @@ from benchmarks.studies.transfer.figures import (
     interpolation_figure,
     speed_figure,
 )
-from benchmarks.studies.transfer.protocol import BARRIER_MARGIN, BARRIER_METRIC, PAIR_KINDS, STAGES
+from benchmarks.studies.transfer.protocol import ARM_LABEL, BARRIER_MARGIN, BARRIER_METRIC, PAIR_KINDS, STAGES
 from benchmarks.studies.transfer.results import (
     block_label,
     checkpoint_accuracy,
+    chosen_lrs,
     criticality_table,
     depth_order,
     intact_block,
     pair_label,
     pair_layers,
     pair_values,
+    train_runs,
     train_table,
 )
 
 TITLE = "What is being transferred? (study 4: Neyshabur, Sedghi & Zhang, NeurIPS 2020)"
 BLOCK_HEADERS = ["source", "block size b", "P-T test acc", "R-T test acc", "P-T - R-T", "speed P-T - R-T",
-                 "runs P-T/R-T"]
+                 "lr P-T/R-T", "runs P-T/R-T"]
+LR_HEADERS = ["source", "block size b", "arm", "learning rate", "val acc (choice)", "test acc", "runs", "chosen"]
 BARRIER_HEADERS = ["pair", "loss barrier", "error barrier", "lowest accuracy on the path", "end-point accuracy",
                    "pairs"]
-CRITICALITY_HEADERS = ["module", "criticality P-T (median)", "criticality R-T (median)", "rewind error P-T",
-                       "rewind error R-T"]
-CHECKPOINT_HEADERS = ["pretraining step", "source accuracy", "downstream test acc", "downstream speed", "runs"]
+CRITICALITY_HEADERS = ["module", "criticality P-T (median)", "criticality R-T (median)", "P-T per seed",
+                       "R-T per seed", "‖θf-θ0‖ P-T", "‖θf-θ0‖ R-T"]
+CHECKPOINT_HEADERS = ["pretraining step", "source accuracy", "downstream val acc", "downstream test acc",
+                      "downstream speed", "runs", "role"]
 
 
 def cell(values) -> str:
@@ -65,6 +69,7 @@ def cell(values) -> str:
 
 def block_rows(results, source: str) -> list[list[Any]]:
     table_ = train_table(results, source)
+    rates = chosen_lrs(results, source)
     size = intact_block(results.cfg, source)
     rows = []
     for block in sorted(table_):
@@ -74,7 +79,23 @@ def block_rows(results, source: str) -> list[list[Any]]:
                        {s: m["speed_train_acc"] for s, m in rt.items()})
         rows.append([source, block_label(block, size), cell(m["test_acc"] for m in pt.values()),
                      cell(m["test_acc"] for m in rt.values()), cell(acc) if acc else "-",
-                     cell(speed) if speed else "-", f"{len(pt)}/{len(rt)}"])
+                     cell(speed) if speed else "-",
+                     "/".join(f"{rates[block][a]:g}" if a in rates[block] else "-" for a in ("pretrained", "random")),
+                     f"{len(pt)}/{len(rt)}"])
+    return rows
+
+
+def lr_rows(results, source: str) -> list[list[Any]]:
+    """Every (block, arm, learning rate) of the shared grid: validation accuracy (what chooses) and test accuracy."""
+    runs, rates = train_runs(results, source), chosen_lrs(results, source)
+    size = intact_block(results.cfg, source)
+    rows = []
+    for block in sorted(runs):
+        for arm in ("pretrained", "random"):
+            for lr, seeds in sorted(runs[block].get(arm, {}).items()):
+                rows.append([source, block_label(block, size), ARM_LABEL[arm], f"{lr:g}",
+                             cell(m["val_acc"] for m in seeds.values()), cell(m["test_acc"] for m in seeds.values()),
+                             len(seeds), "yes" if rates[block].get(arm) == lr else ""])
     return rows
 
 
@@ -88,7 +109,9 @@ def pair_rows(results, source: str) -> tuple[list[str], list[list[Any]]]:
         rows.append(row)
     total = ["all weights", "", "", ""] + [cell(pair_values(results, source, "l2", k, "total").values())
                                            for k in PAIR_KINDS]
-    return layers, rows + [total]
+    buffers = ["BN running statistics (apart)", "", "", ""] + [
+        cell(pair_values(results, source, "l2_buffers", k).values()) for k in PAIR_KINDS]
+    return layers, rows + [total, buffers]
 
 
 def barrier_rows(results, source: str) -> list[list[Any]]:
@@ -114,20 +137,32 @@ def criticality_rows(results, source: str) -> list[list[Any]]:
             values = [mods[module].get("criticality", math.nan) for mods in table_.get(arm, {}).values()]
             row.append(f"{np.median(values):.3g}" if values else "-")
         for arm in ("pretrained", "random"):
-            row.append(cell(mods[module].get("rewind_error", math.nan) for mods in table_.get(arm, {}).values()))
+            row.append(", ".join(_crit_text(mods[module].get("criticality", math.nan))
+                                 for _, mods in sorted(table_.get(arm, {}).items())) or "-")
+        for arm in ("pretrained", "random"):
+            row.append(cell(mods[module].get("distance", math.nan) for mods in table_.get(arm, {}).values()))
         rows.append(row)
     return rows
 
 
+def _crit_text(value: float) -> str:
+    return "inf" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
 def checkpoint_rows(results, source: str) -> list[list[Any]]:
+    from benchmarks.studies.transfer.train import checkpoint_steps
+
     table_ = checkpoint_accuracy(results, source)
+    last = checkpoint_steps(results.cfg["sources"][source]["pretrain"], intact_block(results.cfg, source))[-1]
     pre = results.where("pretrain", source=source)
     rows = []
     for step in sorted(table_):
         src_acc = pre[0]["metrics"].get(f"source_acc@{step}") if pre else None
+        role = "random init (reported apart)" if step == 0 else "last (intact P-T)" if step == last else "earlier"
         rows.append([step, f"{src_acc:.3f}" if src_acc is not None else "-",
+                     cell(m["val_acc"] for m in table_[step].values()),
                      cell(m["test_acc"] for m in table_[step].values()),
-                     cell(m["speed_train_acc"] for m in table_[step].values()), len(table_[step])])
+                     cell(m["speed_train_acc"] for m in table_[step].values()), len(table_[step]), role])
     return rows
 
 
@@ -169,15 +204,24 @@ def write_report(study, results, findings: list) -> Path:
     """report.md, figures/ and summary.csv in the study's store directory (``results.root``)."""
     cfg, root = results.cfg, results.root
     figs = build_figures(results, root / "figures")
-    lines = [header(TITLE, results), sources_paragraph(cfg), findings_section(findings, results, study.protocol)]
+    lines = [header(TITLE, results), sources_paragraph(cfg, results),
+             findings_section(findings, results, study.protocol)]
     lines += ["## 1. Block shuffle: accuracy and training speed vs block size\n",
               "Target images are normalised, then cut into b x b blocks permuted by one fixed permutation per run "
               "(the same for train and test; drawn from seed + 1234); b = 1 is the full pixel shuffle, b = the "
               "image side leaves it intact. No augmentation. Training speed = mean training accuracy over the "
-              "first epochs. Cells: mean [95% CI] over seeds; differences are paired by seed.\n"]
+              "first epochs. Cells: mean [95% CI] over seeds at each arm's chosen learning rate; differences are "
+              "paired "
+              "by seed (R-T runs are shared by sources of one architecture).\n"]
     rows = [row for source in cfg["use_sources"] for row in block_rows(results, source)]
     lines.append(table(BLOCK_HEADERS, rows))
     write_csv(root / "summary.csv", BLOCK_HEADERS, rows)
+    lines += ["### Learning rates: the same grid for both arms, chosen on validation\n",
+              "Both arms train with the same learning-rate grid and decay schedule "
+              f"({_optim_text(cfg)}); for every source, block size and arm the rate with the highest mean final "
+              "validation accuracy over seeds is chosen (ties: the smaller rate), and only its runs enter the "
+              "findings. Test accuracy never enters the choice.\n",
+              table(LR_HEADERS, [row for source in cfg["use_sources"] for row in lr_rows(results, source)])]
     for source in cfg["use_sources"]:
         for name, caption in ((f"{source}_accuracy", f"{source}: final accuracy and training speed vs block size"),
                               (f"{source}_speed", f"{source}: training accuracy per epoch")):
@@ -188,8 +232,9 @@ def write_report(study, results, findings: list) -> Path:
         lines += [f"## 2. Feature similarity and weight distance ({source})\n",
                   "Linear CKA (biased HSIC) of each layer's outputs on fixed test images, and the l2 distance "
                   "of the weights, between the final solutions of two runs (intact images), for every two seeds "
-                  "i < j: P-T_i/P-T_j, P-T_i/R-T_j, R-T_i/R-T_j. Cells: mean [95% CI] over seed pairs "
-                  "(descriptive; pairs share runs).\n",
+                  "i < j: P-T_i/P-T_j, P-T_i/R-T_j, R-T_i/R-T_j, each arm at its chosen intact learning rate. "
+                  "The l2 distance covers learned weights only; BatchNorm running statistics are a separate row. "
+                  "Cells: mean [95% CI] over seed pairs (descriptive; pairs share runs).\n",
                   table(["layer"] + [f"{measure} {pair_label(k)}" for measure in ("CKA", "l2") for k in PAIR_KINDS],
                         rows)]
         if f"{source}_cka" in figs:
@@ -207,20 +252,28 @@ def write_report(study, results, findings: list) -> Path:
         if f"{source}_interpolation" in figs:
             lines.append(figure(figs[f"{source}_interpolation"], root, f"{source}: interpolation curves"))
         crit = cfg["analysis"]["criticality"]
+        bound = "ε" if crit["bound"] == "absolute" else "its value at θf + ε"
         lines += [f"## 4. Module criticality ({source})\n",
-                  "One layer group's weights are moved to (1-α)θ0 + αθf plus Gaussian noise "
-                  f"({crit['noise']} σ, {crit['draws']} draws), the rest stay at θf (θ0 = pretrained weights with "
-                  "the fresh head for P-T, the random init for R-T). Criticality = the smallest α²‖θf-θ0‖²/σ² "
-                  f"over α in {crit['alphas']}, σ in {crit['sigmas']} whose training {crit['criterion']} stays "
-                  f"within ε = {crit['epsilon']} of its value at θf (0: the module can be rewound to θ0). "
-                  "Rewind error = training error with the module fully reset to θ0.\n",
+                  "Chatterji, Neyshabur & Sedghi (ICLR 2020), Definition 3.1: for module i, "
+                  "μ_i = min over 0 ≤ α ≤ 1, 0 < σ ≤ 1 of α²‖θf_i − θ0_i‖²_F / σ² subject to "
+                  "E_{u~N(0,σ²I)} L_S((1−α)θ0_i + αθf_i + u, θf_{−i}) ≤ "
+                  f"{bound}, with L_S the training {crit['criterion']} and ε = {crit['epsilon']}. θ0 = the "
+                  "pretrained weights with the fresh head for P-T, the random init for R-T; the noise is absolute "
+                  "(every weight of the module gets N(0, σ²)); the expectation is the mean over "
+                  f"{crit['draws']} draws. "
+                  "BatchNorm running statistics are re-estimated on training data at every evaluated point. "
+                  f"Grid: α in {crit['alphas']}, σ on {crit['sigma_points']} log-spaced values from "
+                  f"{crit['sigma_min']:g} to {crit['sigma_max']:g} ({crit['search']} search: for each α the largest "
+                  "passing σ). 0 = the module can be fully rewound to θ0; inf = no grid point passes.\n",
                   table(CRITICALITY_HEADERS, criticality_rows(results, source))]
         if f"{source}_criticality" in figs:
             lines.append(figure(figs[f"{source}_criticality"], root, f"{source}: criticality heatmaps"))
     for source in cfg["checkpoints"]["sources"]:
         lines += [f"## 5. Fine-tuning from pretraining checkpoints ({source})\n",
-                  "Downstream training (intact images) from source weights taken at steps through pretraining "
-                  "(step 0 = the source init; the last step is the intact P-T run of section 1).\n",
+                  "Downstream training (intact images, the P-T arm's chosen intact learning rate) from source "
+                  "weights taken at steps through pretraining. Step 0 is the source's random init: it is reported "
+                  "here but excluded from the finding. Of the other earlier steps, the one with the best mean "
+                  "validation accuracy is compared with the last (the intact P-T run of section 1) on test.\n",
                   table(CHECKPOINT_HEADERS, checkpoint_rows(results, source))]
         if f"{source}_checkpoints" in figs:
             lines.append(figure(figs[f"{source}_checkpoints"], root, f"{source}: downstream vs checkpoint"))
@@ -233,23 +286,48 @@ def write_report(study, results, findings: list) -> Path:
 
 
 SOURCE_TEXT = {
-    "conv4": "conv4 (4 x [conv3x3, BatchNorm, ReLU, maxpool] + linear) pretrained here on {n} Fashion-MNIST images "
-             "for {epochs} epoch(s)",
+    "fashion_mnist": "conv4 (width {hidden}, 4 x [conv3x3, BatchNorm, ReLU, maxpool] + linear) pretrained here on {n} "
+                     "Fashion-MNIST images for {epochs} epoch(s)",
+    "glyphs": "conv4 (width {hidden}, 4 x [conv3x3, BatchNorm, ReLU, maxpool] + linear) pretrained here on every "
+              "character of the glyph alphabets of split '{split}' (disjoint from the target's alphabets) for "
+              "{epochs} epoch(s)",
     "imagenet": "{backbone} with real ImageNet-1k weights (embedded EfficientNet-Lite0, offline), grey glyphs "
                 "repeated to RGB at {size} x {size}, ImageNet normalisation",
 }
 
 
-def sources_paragraph(cfg: dict) -> str:
+def _optim_text(cfg: dict) -> str:
+    texts = []
+    for name in dict.fromkeys(cfg["use_sources"]):
+        train = cfg["sources"][name]["train"]
+        optim = train["optim"]
+        texts.append(f"{name}: {optim['optimizer']} lr in {train['lrs']}, momentum {optim.get('momentum', 0.9)}, "
+                     f"weight decay {optim.get('weight_decay', 0.0)}, {optim.get('scheduler') or 'no'} decay over "
+                     f"{train['epochs']} epochs")
+    return "; ".join(texts)
+
+
+def sources_paragraph(cfg: dict, results=None) -> str:
     """Which sources this report covers (P-T starts from them, R-T from a random init of the same network)."""
     lines = ["Sources (P-T = source weights with a fresh head, fine-tuned; R-T = the same network from a random "
              "init):"]
     for name in cfg["use_sources"]:
         src = cfg["sources"][name]
         pre = src.get("pretrain", {})
-        text = SOURCE_TEXT[src["kind"]].format(n=pre.get("n_train"), epochs=pre.get("epochs"),
-                                               backbone=src["backbone"], size=src["image_size"])
+        kind = pre.get("dataset", src["kind"])
+        text = SOURCE_TEXT[kind].format(n=pre.get("n_train"), epochs=pre.get("epochs"), hidden=src.get("hidden"),
+                                        split=pre.get("alphabet_split"), backbone=src["backbone"],
+                                        size=src["image_size"])
+        runs = results.where("pretrain", source=name) if results is not None else []
+        if runs:
+            m = runs[0]["metrics"]
+            text += (f" (source test accuracy {m.get('source_acc', math.nan):.3f}, last-epoch train / val accuracy "
+                     f"{m.get('source_train_acc', math.nan):.3f} / {m.get('source_val_acc', math.nan):.3f} on "
+                     f"{int(m.get('source_classes', 0))} classes)")
         lines.append(f"- `{name}`: {text}; {src['train']['epochs']} downstream epochs.")
+    order = cfg.get("domain_distance") or []
+    if len(order) >= 2:
+        lines.append(f"- distance to the target, nearest first: {' < '.join(order)}.")
     off = [n for n in cfg["sources"] if n not in cfg["use_sources"]]
     if off:
         lines.append(f"- not run in this profile: {', '.join(off)} (add with `--set use_sources=[...]`).")
@@ -271,7 +349,7 @@ def stage_times(results) -> list[list[Any]]:
 
 def summary_lines(results, findings: list) -> list[str]:
     """The block-shuffle table and the verdicts, for the terminal."""
-    lines = terminal_table(["source", "block", "P-T acc", "R-T acc", "P-T - R-T", "speed diff", "runs"],
+    lines = terminal_table(["source", "block", "P-T acc", "R-T acc", "P-T - R-T", "speed diff", "lr", "runs"],
                            [row for source in results.cfg["use_sources"] for row in block_rows(results, source)])
     lines.append("")
     lines += [f"{f.verdict:>14}  {f.id}: {f.claim}  ({f.effect_text()}, n={f.n})" for f in findings]

@@ -34,12 +34,44 @@ def pair_label(kind: str) -> str:
     return "/".join(part.replace("PT", "P-T").replace("RT", "R-T") for part in kind.split("-"))
 
 
-def train_table(results, source: str, stage: str = "train") -> dict[int, dict[str, dict[int, dict]]]:
-    """block -> arm -> seed -> metrics (plus ``_dir``) of the finished ``train`` runs of ``source``."""
-    out: dict[int, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
-    for r in results.where(stage, source=source):
-        p = r["params"]
-        out[int(p["block"])][p["init"]][int(p["seed"])] = {**r["metrics"], "_dir": r["dir"]}
+def train_runs(results, source: str) -> dict[int, dict[str, dict[float, dict[int, dict]]]]:
+    """block -> arm -> learning rate -> seed -> metrics (plus ``_dir``) of the finished ``train`` runs of
+    ``source``; its R-T runs are those kept under ``protocol.rt_owner`` (shared by sources of one architecture)."""
+    from benchmarks.studies.transfer.protocol import rt_owner
+
+    out: dict[int, dict[str, dict[float, dict[int, dict]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(dict)))
+    owner = rt_owner(results.cfg, source)
+    blocks = {int(b) for b in results.cfg["sources"][source]["block_sizes"]}
+    for name, arm in ((source, "pretrained"), (owner, "random")):
+        for r in results.where("train", source=name, init=arm):
+            p = r["params"]
+            if int(p["block"]) not in blocks:
+                continue  # an R-T run the owner has at a block size this source does not use
+            out[int(p["block"])][arm][float(p["lr"])][int(p["seed"])] = {**r["metrics"], "_dir": r["dir"]}
+    return out
+
+
+def chosen_lrs(results, source: str) -> dict[int, dict[str, float]]:
+    """block -> arm -> the learning rate chosen on mean final validation accuracy (``protocol.choose_lr``)."""
+    from benchmarks.studies.transfer.protocol import choose_lr
+
+    out: dict[int, dict[str, float]] = defaultdict(dict)
+    for block, arms in train_runs(results, source).items():
+        for arm, by_lr in arms.items():
+            val = {lr: [float(m["val_acc"]) for m in seeds.values()] for lr, seeds in by_lr.items() if seeds}
+            if val:
+                out[block][arm] = choose_lr(val)
+    return out
+
+
+def train_table(results, source: str) -> dict[int, dict[str, dict[int, dict]]]:
+    """block -> arm -> seed -> metrics of the runs at each (block, arm)'s chosen learning rate."""
+    runs, rates = train_runs(results, source), chosen_lrs(results, source)
+    out: dict[int, dict[str, dict[int, dict]]] = defaultdict(dict)
+    for block, arms in rates.items():
+        for arm, lr in arms.items():
+            out[block][arm] = dict(runs[block][arm][lr])
     return out
 
 
@@ -104,14 +136,14 @@ def pairs_by_seed(values: Mapping[Pair, float]) -> list[tuple[Hashable, float]]:
 
 
 def criticality_table(results, source: str) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
-    """arm -> seed -> module -> {"criticality", "rewind_error", "depth", "distance"}."""
+    """arm -> seed -> module -> {"criticality", "depth", "distance"}."""
     out: dict[str, dict[int, dict[str, dict[str, float]]]] = defaultdict(dict)
     for r in results.where("criticality", source=source):
         p = r["params"]
         modules: dict[str, dict[str, float]] = defaultdict(dict)
         for key, value in r["metrics"].items():
             parts = key.split("/")
-            if len(parts) == 2 and parts[0] in ("criticality", "rewind_error", "depth", "distance"):
+            if len(parts) == 2 and parts[0] in ("criticality", "depth", "distance"):
                 modules[parts[1]][parts[0]] = float(value) if value is not None else math.inf
         out[p["init"]][int(p["seed"])] = dict(modules)
     return out
@@ -129,7 +161,7 @@ def checkpoint_accuracy(results, source: str) -> dict[int, dict[int, dict]]:
     out: dict[int, dict[int, dict]] = defaultdict(dict)
     for r in results.where("checkpoint", source=source):
         out[int(r["params"]["step"])][int(r["params"]["seed"])] = r["metrics"]
-    last = checkpoint_steps(cfg["sources"][source]["pretrain"])[-1]
+    last = checkpoint_steps(cfg["sources"][source]["pretrain"], intact_block(cfg, source))[-1]
     seeds = {int(s) for s in cfg["checkpoints"]["seeds"]}
     intact = train_table(results, source).get(intact_block(cfg, source), {}).get("pretrained", {})
     for seed, metrics in intact.items():

@@ -53,10 +53,14 @@ class TransferStudy(Study):
             if run.params["init"] == "pretrained":
                 pre = ctx.output_of(run.needs[0]) if run.needs else None
                 state = training.source_weights(src, pre)
-            return training.train_downstream(run, ctx, state, run.params["init"], int(run.params["block"]))
+            return training.train_downstream(run, ctx, state, run.params["init"], int(run.params["block"]),
+                                             float(run.params["lr"]))
         if run.stage == "checkpoint":
+            from benchmarks.studies.transfer.analyse import chosen_members
+
             state = training.source_weights(src, ctx.output_of(run.needs[0]), int(run.params["step"]))
-            return training.train_downstream(run, ctx, state, "pretrained", intact(src))
+            lr = chosen_members(ctx, run.config["runs"])[1]["pretrained"]  # the P-T arm's intact rate
+            return training.train_downstream(run, ctx, state, "pretrained", intact(src), lr)
         if run.stage == "pairs":
             return run_pairs(run, ctx)
         if run.stage == "criticality":

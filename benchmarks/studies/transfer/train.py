@@ -1,9 +1,12 @@
 """Training side of the what-is-transferred study: source pretraining and downstream training.
 
-- ``pretrain_source``: conv4 learns the source task (Fashion-MNIST); its weights are kept at chosen
-  steps through pretraining (``weights/step000123.pt``) and the last ones as ``encoder.pt``.
+- ``pretrain_source``: conv4 learns the source task (every character of glyph alphabets disjoint from the
+  target's, or Fashion-MNIST) with the profile's decay schedule; its weights are kept at chosen steps
+  through pretraining (``weights/step000123.pt``, step 0 = the random init) and the last ones as
+  ``encoder.pt``; ``history.json`` holds the per-epoch curve (convergence).
 - ``train_downstream``: a classifier learns the target (glyph classes) from the source weights
-  (P-T, arm ``pretrained``) or from a random init (R-T, arm ``random``), on images whose b x b
+  (P-T, arm ``pretrained``) or from a random init (R-T, arm ``random``) at one learning rate of the grid
+  both arms share (``train.lrs``, the run's ``lr`` param), on images whose b x b
   blocks are permuted by one fixed permutation (datamodules/transforms.py ``BlockShuffle``, applied
   after normalisation, the same for train and test). The run keeps ``init.pt`` (theta0: the
   pretrained weights with a fresh head for P-T, the random init for R-T), ``final.pt`` and
@@ -106,9 +109,13 @@ def target_datamodule(target: Mapping[str, Any], source: Mapping[str, Any], bloc
 
 
 def seeded_loader(dataset, batch_size: int, seed: int | None) -> DataLoader:
-    """Shuffled with a private generator of ``seed``, or in order when ``seed`` is None."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=seed is not None, generator=generator)
+    """Shuffled in an order drawn from (``seed``, epoch), or in order when ``seed`` is None. The order depends
+    on nothing else, so a run resumed from an epoch's checkpoint sees the batches the uninterrupted run saw."""
+    from datamodules.samplers import EpochSeededRandomSampler
+
+    if seed is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSeededRandomSampler(len(dataset), seed=seed))
 
 
 # ============================================================================================ models
@@ -196,37 +203,74 @@ def limits(limit_batches: int | None) -> dict[str, Any]:
 
 
 # ============================================================================================ stages
-def pretrain_steps(pretrain: Mapping[str, Any]) -> int:
+def pretrain_size(pretrain: Mapping[str, Any], image_size: int) -> int:
+    """Training images of the source task (glyphs: classes x train_per_class, every character when classes is null)."""
+    if pretrain["dataset"] != "glyphs":
+        return int(pretrain["n_train"])
+    classes = pretrain.get("classes")
+    if classes is None:
+        from datamodules.glyphs import build_glyphs
+
+        glyphs = build_glyphs(image_size=int(image_size), instances_per_char=int(pretrain["instances_per_char"]))
+        classes = len(glyphs.split_chars(pretrain["alphabet_split"]))
+    return int(classes) * int(pretrain["train_per_class"])
+
+
+def pretrain_steps(pretrain: Mapping[str, Any], image_size: int = 28) -> int:
     """Optimizer steps of the whole pretraining (epochs x batches per epoch)."""
-    per_epoch = math.ceil(int(pretrain["n_train"]) / int(pretrain["batch_size"]))
+    per_epoch = math.ceil(pretrain_size(pretrain, image_size) / int(pretrain["batch_size"]))
     if pretrain.get("limit_batches") is not None:
         per_epoch = min(per_epoch, int(pretrain["limit_batches"]))
     return int(pretrain["epochs"]) * per_epoch
 
 
-def checkpoint_steps(pretrain: Mapping[str, Any]) -> list[int]:
+def checkpoint_steps(pretrain: Mapping[str, Any], image_size: int = 28) -> list[int]:
     """The steps at which pretraining weights are kept (fractions of all steps; the last is always kept)."""
-    total = pretrain_steps(pretrain)
+    total = pretrain_steps(pretrain, image_size)
     steps = {int(round(float(f) * total)) for f in pretrain["checkpoints"]}
     return sorted(steps | {total})
+
+
+def source_datamodule(source: Mapping[str, Any], seed: int):
+    """The source task: Fashion-MNIST (far from the glyph target) or every character of glyph alphabets
+    disjoint from the target's (near: the same rendered-font domain, other scripts)."""
+    pre = source["pretrain"]
+    if pre["dataset"] == "fashion_mnist":
+        from datamodules.fashion_mnist import FashionMNISTDataModule
+
+        return FashionMNISTDataModule(seed=seed, batch_size=int(pre["batch_size"]), n_train=int(pre["n_train"]),
+                                      n_test=int(pre["n_test"]), val_fraction=float(pre["val_fraction"]))
+    if pre["dataset"] == "glyphs":
+        from datamodules.glyphs import GlyphDataModule, build_glyphs
+
+        size, instances = int(source["image_size"]), int(pre["instances_per_char"])
+        classes = pre.get("classes")
+        if classes is None:  # every character of the source alphabets
+            classes = len(build_glyphs(image_size=size, instances_per_char=instances).split_chars(
+                pre["alphabet_split"]))
+        return GlyphDataModule(seed=seed, batch_size=int(pre["batch_size"]), n_classes=int(classes),
+                               alphabet_split=pre["alphabet_split"], n_train_per_class=int(pre["train_per_class"]),
+                               n_val_per_class=int(pre["val_per_class"]), n_test_per_class=int(pre["test_per_class"]),
+                               image_size=size, instances_per_char=instances)
+    raise unknown_name("source dataset", pre["dataset"], ["fashion_mnist", "glyphs"])
 
 
 def pretrain_source(run, ctx) -> dict[str, float]:
     """Train conv4 on the source task; keep weights through pretraining; score each kept checkpoint."""
     from analysis.evaluation import evaluate
-    from datamodules.fashion_mnist import FashionMNISTDataModule
 
     source, pre = run.config["source"], run.config["source"]["pretrain"]
-    if pre["dataset"] != "fashion_mnist":
-        raise unknown_name("source dataset", pre["dataset"], ["fashion_mnist"])
-    dm = FashionMNISTDataModule(seed=ctx.seed, batch_size=int(pre["batch_size"]), n_train=int(pre["n_train"]),
-                                n_test=int(pre["n_test"]), val_fraction=float(pre["val_fraction"]))
+    dm = source_datamodule(source, ctx.seed)
     dm.setup()
     module = build_classifier(source, dm.num_classes, pre, ctx.seed)
-    steps = checkpoint_steps(pre)
+    steps = checkpoint_steps(pre, int(source["image_size"]))
     weights = KeepWeights(ctx.run_dir / "weights", steps, state=net_state)
-    trainer = ctx.trainer(max_epochs=int(pre["epochs"]), callbacks=[weights], **limits(pre.get("limit_batches")))
-    trainer.fit(module, dm.train_dataloader(), dm.val_dataloader(), ckpt_path=ctx.resume_path())
+    history = EpochHistory(ctx.run_dir / "history.json")
+    trainer = ctx.trainer(max_epochs=int(pre["epochs"]), callbacks=[weights, history],
+                          **limits(pre.get("limit_batches")))
+    batch = int(pre["batch_size"])
+    train, val = seeded_loader(dm.dataset("train"), batch, ctx.seed), seeded_loader(dm.dataset("val"), 256, None)
+    trainer.fit(module, train, val, ckpt_path=ctx.resume_path())
     save_state(net_state(module), ctx.run_dir / "encoder.pt")
     final = weight_file(ctx.run_dir / "weights", steps[-1])
     if not final.exists():
@@ -248,17 +292,22 @@ def pretrain_source(run, ctx) -> dict[str, float]:
         out.log(row)
     metrics["source_acc"] = metrics[f"source_acc@{steps[-1]}"]
     metrics["total_steps"] = float(steps[-1])
+    metrics["source_classes"] = float(dm.num_classes)
+    if history.rows:  # convergence: the last epochs' validation accuracy (the report shows the curve)
+        metrics["source_val_acc"] = float(history.rows[-1].get("val_acc", math.nan))
+        metrics["source_train_acc"] = float(history.rows[-1].get("train_acc", math.nan))
     return metrics
 
 
 def train_downstream(run, ctx, init_state: Mapping[str, torch.Tensor] | None, arm: str,
-                     block: int) -> dict[str, float]:
-    """Train on the target, shuffled in b x b blocks, from ``init_state`` (P-T) or from scratch (R-T)."""
+                     block: int, lr: float) -> dict[str, float]:
+    """Train on the target, shuffled in b x b blocks, from ``init_state`` (P-T) or from scratch (R-T),
+    with learning rate ``lr`` of the grid both arms share and the profile's decay schedule."""
     source, target = run.config["source"], run.config["target"]
     train_cfg = source["train"]
     if arm not in ARMS:
         raise unknown_name("arm", arm, ARMS)
-    optim = train_cfg["optim"][arm]
+    optim = {**train_cfg["optim"], "lr": float(lr)}
     dm = target_datamodule(target, source, block, ctx.seed)
     dm.setup()
     module = build_classifier(source, dm.num_classes, optim, ctx.seed)
@@ -277,6 +326,7 @@ def train_downstream(run, ctx, init_state: Mapping[str, torch.Tensor] | None, ar
     save_state(net_state(module), ctx.run_dir / "final.pt")
     tested = trainer.test(module, seeded_loader(dm.dataset("test"), 256, None), verbose=False)[0]
     metrics = downstream_metrics(history.rows, tested, int(train_cfg["speed_epochs"]))
+    metrics["lr"] = float(lr)
     # training speed and final accuracy in the W&B run summary (sortable in the runs table)
     ctx.outputs().summary({f"final/{k}": v for k, v in metrics.items()})
     return metrics

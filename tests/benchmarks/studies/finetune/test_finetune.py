@@ -18,6 +18,8 @@ from .fabricate import for_finding
 
 class TestFinetuneStudy(StudyTester):
     study_name = "finetune"
+    resume_stage = "pretrain"
+    resume_overrides = ("source.epochs=30", "source.limit_batches=4")
 
     def fabricate(self, finding_id, holds, tmp_path):
         """Paper-like runs (every finding holds), or runs where this finding is reversed."""

@@ -38,7 +38,7 @@ def test_interpolating_a_model_with_itself_is_flat_with_identical_features_and_n
     assert curve.loss_barrier == pytest.approx(0.0, abs=1e-6) and curve.error_barrier == 0.0
     assert list(result.cka) == CONV4_GROUPS
     assert all(value == pytest.approx(1.0, abs=1e-6) for value in result.cka.values())
-    assert result.l2 == {name: 0.0 for name in CONV4_GROUPS + ["total"]}
+    assert result.l2 == {name: 0.0 for name in CONV4_GROUPS + ["total", "buffers"]}
 
 
 def test_two_different_networks_have_positive_distance_and_a_curve_that_ends_at_each():
@@ -49,6 +49,16 @@ def test_two_different_networks_have_positive_distance_and_a_curve_that_ends_at_
     assert result.l2["total"] > result.l2["head"] > 0.0
     assert result.interpolation.bn_recomputed is False
     assert all(0.0 <= v <= 1.0 + 1e-9 for v in result.cka.values())
+
+
+def test_the_l2_distance_covers_weights_only_and_reports_batchnorm_statistics_apart():
+    a = _net(0)
+    state_a = a.state_dict()
+    state_b = {k: v.clone() for k, v in state_a.items()}
+    state_b["block1.1.running_mean"] += 3.0  # only a running statistic differs (8 channels)
+    result = compare_pair(a, state_a, state_b, next(iter(_loader(3)))[0], _loader(3), bn_loader=None, lambdas=2)
+    assert result.l2["total"] == 0.0
+    assert result.l2["buffers"] == pytest.approx(3.0 * 8 ** 0.5)
 
 
 def test_layer_groups_of_conv4_are_its_blocks_and_head_in_order():
@@ -68,32 +78,42 @@ def test_pairs_compare_every_two_seeds_in_each_of_the_three_kinds():
 def test_a_module_rewound_to_its_own_start_is_not_critical():
     net = _net(0)
     state = net.state_dict()
-    result = criticality(net, state, state, _loader(4), {"alphas": [0.0, 1.0], "sigmas": [0.0, 0.1], "epsilon": 0.0,
-                                                         "noise": "relative", "draws": 1, "criterion": "error"})
+    options = {"alphas": [0.0, 1.0], "sigma_min": 0.001, "sigma_max": 0.1, "sigma_points": 3, "epsilon": 1.0,
+               "bound": "absolute", "search": "bisect", "draws": 1, "criterion": "error", "bn_batches": 1}
+    result = criticality(net, state, state, _loader(4), options)
     assert {name: m.criticality for name, m in result.modules.items()} == {name: 0.0 for name in CONV4_GROUPS}
+    assert result.bn_recomputed and result.noise == "absolute"
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("sources.fmnist.block_sizes=[1, 5, 28]", "divisors of 28"),
-    ("sources.fmnist.block_sizes=[1, 2]", "add 28"),
-    ("sources.fmnist.block_sizes=7", "is not a list"),
+    ("sources.glyphs.block_sizes=[1, 5, 28]", "divisors of 28"),
+    ("sources.glyphs.block_sizes=[1, 2]", "add 28"),
+    ("sources.glyphs.block_sizes=7", "is not a list"),
     ("seeds=[0]", "two independent runs"),
     ("seeds=abc", "is not a list"),
     ("seeds=[]", "at least 1"),
     ("seeds=[0, 0]", "repeats a seed"),
     ("analysis.sources=[imagenet]", "use_sources"),
     ("use_sources=[fmnst]", 'Did you mean "fmnist"'),
+    ("domain_distance=[glyphs, glyphs]", "names a source twice"),
+    ("domain_distance=[imagenet]", "domain_distance"),
+    ("sources.glyphs.pretrain.alphabet_split=train", "the target's alphabet split"),
+    ("sources.glyphs.pretrain.dataset=mnist", 'Did you mean'),
+    ("sources.glyphs.train.lrs=[0.05, 0]", "positive"),
+    ("sources.glyphs.train.lrs=0.05", "is not a list"),
+    ("analysis.criticality.sigma_max=2.0", "<= 1.0"),
+    ("analysis.criticality.bound=relativ", 'Did you mean "relative"'),
+    ("analysis.criticality.search=grd", 'Did you mean "grid"'),
     ("threads=auto", "is not a whole number"),
     ("threads=0", "whole number >= 1"),
     ("sources.fmnist.train.epochs=2.5", "is not a whole number"),
     ("sources.fmnist.train.epochs=-3", "whole number >= 1"),
     ("sources.fmnist.train.speed_epochs=9", "<= 2"),
-    ("sources.fmnist.train.optim.random.lr=0", "positive"),
-    ("sources.fmnist.train.optim.random.optimizer=adan", 'Did you mean "adam"'),
+    ("sources.fmnist.train.optim.optimizer=adan", 'Did you mean "adam"'),
     ("target.alphabet_split=tran", 'Did you mean "train"'),
     ("analysis.lambdas=1", ">= 2"),
     ("analysis.criticality.alphas=[0.0, 1.5]", "<= 1.0"),
-    ("checkpoints.seeds=[5]", "not seeds of source fmnist"),
+    ("checkpoints.seeds=[5]", "not seeds of source glyphs"),
 ])
 def test_configs_that_cannot_work_fail_before_any_run_with_the_key_and_the_fix(override, message):
     cfg = resolve_config("transfer", "smoke", [override])
@@ -103,7 +123,7 @@ def test_configs_that_cannot_work_fail_before_any_run_with_the_key_and_the_fix(o
 
 
 def test_an_unknown_source_kind_suggests_the_known_ones():
-    cfg = resolve_config("transfer", "smoke", ["sources.fmnist.kind=conv5"])
+    cfg = resolve_config("transfer", "smoke", ["sources.glyphs.kind=conv5"])
     with pytest.raises(UserError, match='Did you mean "conv4"'):
         TransferStudy().plan(cfg)
 
@@ -114,8 +134,30 @@ def test_the_plan_orders_dependencies_first_and_reuses_the_intact_pt_runs_as_the
     position = {run.key: index for index, run in enumerate(plan)}
     assert all(position[need] < position[run.key] for run in plan for need in run.needs)
     checkpoints = [run for run in plan if run.stage == "checkpoint"]
-    assert {run.params["step"] for run in checkpoints} == {2}  # step 4 (the end) is the intact P-T run
+    assert {run.params["step"] for run in checkpoints} == {0, 2}  # step 4 (the end) is the intact P-T run
     assert len({run.key for run in plan}) == len(plan)
+
+
+def test_both_arms_run_the_same_learning_rate_grid_and_sources_of_one_architecture_share_their_rt_runs():
+    cfg = resolve_config("transfer", "smoke", [])
+    train = [run for run in TransferStudy().plan(cfg) if run.stage == "train"]
+    rates = {arm: {run.params["lr"] for run in train if run.params["init"] == arm} for arm in ("pretrained", "random")}
+    assert rates["pretrained"] == rates["random"] == {0.02, 0.05}
+    random = [run for run in train if run.params["init"] == "random"]
+    assert {run.params["source"] for run in random} == {"glyphs"}  # R-T never sees a source: one set for both
+    assert len(random) == 2 * 2 * 2  # blocks 1 and 28 x two rates x two seeds
+    assert all("pretrain" not in run.config["source"] for run in random)
+    pretrained = {(run.params["source"], run.params["block"]) for run in train if run.params["init"] == "pretrained"}
+    assert pretrained == {("glyphs", 1), ("glyphs", 28), ("fmnist", 28)}
+
+
+def test_the_analyses_depend_on_every_intact_run_of_the_grid_to_choose_the_rate_at_run_time():
+    cfg = resolve_config("transfer", "smoke", [])
+    plan = TransferStudy().plan(cfg)
+    (pairs,) = [run for run in plan if run.stage == "pairs"]
+    assert len(pairs.needs) == 2 * 2 * 2  # two arms x two rates x two seeds, intact
+    crit = next(run for run in plan if run.stage == "criticality" and run.params["init"] == "random")
+    assert len(crit.needs) == 2 * 2
 
 
 def test_a_set_of_the_study_seeds_that_a_source_list_shadows_is_an_error(capsys):

@@ -47,9 +47,10 @@ def _carried(curve: list[tuple[int, float]], steps: list[int]) -> list[float]:
     return out
 
 
-def _plot_learning_curves(runs: list[dict], fractions: list[float], path: Path) -> Path:
+def _panels_per_fraction(runs: list[dict], fractions: list[float]):
+    """A figure with one panel per label fraction, the runs grouped by (variant, fraction), the variants in
+    report order, and their colours: what both curve figures share."""
     import matplotlib
-    import numpy as np
 
     from callbacks.plots import new_figure
 
@@ -57,7 +58,13 @@ def _plot_learning_curves(runs: list[dict], fractions: list[float], path: Path) 
     axes = fig.subplots(1, len(fractions), squeeze=False)
     groups = group(runs)
     names = sorted({v for v, _ in groups}, key=variant_order)
-    colours = matplotlib.colormaps["tab10"]
+    return fig, axes, groups, names, matplotlib.colormaps["tab10"]
+
+
+def _plot_learning_curves(runs: list[dict], fractions: list[float], path: Path) -> Path:
+    import numpy as np
+
+    fig, axes, groups, names, colours = _panels_per_fraction(runs, fractions)
     for ax, fraction in zip(axes[0], fractions):
         for i, name in enumerate(names):
             series = [c for c in (val_curve(r) for r in groups.get((name, fraction), [])) if c]
@@ -82,15 +89,7 @@ def _plot_learning_curves(runs: list[dict], fractions: list[float], path: Path) 
 
 def _plot_time_to_threshold(runs: list[dict], fractions: list[float], path: Path) -> Path:
     """Per arm: the share of its runs whose best-so-far validation Dice has reached the report's threshold."""
-    import matplotlib
-
-    from callbacks.plots import new_figure
-
-    fig = new_figure(6 * len(fractions), 4.2)
-    axes = fig.subplots(1, len(fractions), squeeze=False)
-    groups = group(runs)
-    names = sorted({v for v, _ in groups}, key=variant_order)
-    colours = matplotlib.colormaps["tab10"]
+    fig, axes, groups, names, colours = _panels_per_fraction(runs, fractions)
     for ax, fraction in zip(axes[0], fractions):
         threshold = analyse.report_threshold(runs, fraction)
         budget = max((r["metrics"].get("max_steps", 0.0) for r in runs), default=0.0)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from analysis.states import load_state
 from modules.distributed import release_process_group_at_exit
 from modules.finetune_modes import (
     HEAD_POLICIES,
@@ -89,17 +89,9 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "net.") -> di
 
 
 def read_state(source: Mapping[str, torch.Tensor] | str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A network state dict from a dict, a Lightning ``.ckpt`` or a torch ``.pt`` (no ``net.`` prefix)."""
-    if isinstance(source, Mapping):
-        return _strip_prefix(source)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"no pretrained weights at {path}. Fix: pass the path of a .ckpt/.pt file "
-                                "written by a pretraining run (or a state dict)")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    return _strip_prefix(obj)
+    """A network state dict from a dict, a Lightning ``.ckpt`` or a torch ``.pt`` (no ``net.`` prefix): the
+    one weights loader (analysis.states.load_state, weights_only) with the module's prefix removed."""
+    return _strip_prefix(load_state(source))
 
 
 class ClassificationModule(L.LightningModule):

@@ -144,20 +144,28 @@ def pretrain(run: Run, ctx: RunContext) -> dict[str, float]:
     probe, resume = task.datasets["test"], ctx.resume_path()
     snapshot, trackers = similarity_callbacks(ctx.run_dir, probe, refs, config["similarity"], resume is not None)
     keep = KeepWeights(weights, range(1, int(source["epochs"]) + 1), unit="epoch")
-    trainer = ctx.trainer(max_epochs=int(source["epochs"]), callbacks=[keep, snapshot, *trackers.values()],
-                          limit_train_batches=source.get("limit_batches"),
-                          limit_val_batches=source.get("limit_batches"))
-    dm = datamodule(task, seed, int(source["batch_size"]))
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    tested = trainer.test(module, datamodule=dm, verbose=False)[0]
-    for measure, tracker in trackers.items():
-        log_layer_epoch_heatmaps(ctx, trainer, epoch_rows(tracker.rows), measure, module.layer_names)
+    tested = _fit_and_test(ctx, module, task, seed, source, [keep, snapshot], trackers, resume)
     if global_rank() == 0:
         atomic_save_state(ctx.run_dir / "encoder.pt", module.state_dict())
     metrics = {"source_test_acc": float(tested["test/acc"]),
                "source_train_acc": accuracy(module, task.datasets["train"])}
     metrics.update(final_similarities(trackers))
     return metrics
+
+
+def _fit_and_test(ctx: RunContext, module, task, seed: int, stage: dict, callbacks: list, trackers: dict,
+                  resume: str | None) -> dict:
+    """Train ``module`` on ``task`` for the stage's epochs (resuming from ``resume``), test it, and log each
+    similarity tracker's layer x epoch heatmap: the sequence pretraining and fine-tuning share."""
+    trainer = ctx.trainer(max_epochs=int(stage["epochs"]), callbacks=[*callbacks, *trackers.values()],
+                          limit_train_batches=stage.get("limit_batches"),
+                          limit_val_batches=stage.get("limit_batches"))
+    dm = datamodule(task, seed, int(stage["batch_size"]))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+    for measure, tracker in trackers.items():
+        log_layer_epoch_heatmaps(ctx, trainer, epoch_rows(tracker.rows), measure, module.layer_names)
+    return tested
 
 
 def finetune(run: Run, ctx: RunContext) -> dict[str, float]:
@@ -173,14 +181,7 @@ def finetune(run: Run, ctx: RunContext) -> dict[str, float]:
     refs = {"start": start_state, "random_init": RandomInitReference(seed=10_000 + seed)}
     probe, resume = task.datasets["test"], ctx.resume_path()
     snapshot, trackers = similarity_callbacks(ctx.run_dir, probe, refs, config["similarity"], resume is not None)
-    trainer = ctx.trainer(max_epochs=int(ft["epochs"]), callbacks=[snapshot, *trackers.values()],
-                          limit_train_batches=ft.get("limit_batches"),
-                          limit_val_batches=ft.get("limit_batches"))
-    dm = datamodule(task, seed, int(ft["batch_size"]))
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    tested = trainer.test(module, datamodule=dm, verbose=False)[0]
-    for measure, tracker in trackers.items():
-        log_layer_epoch_heatmaps(ctx, trainer, epoch_rows(tracker.rows), measure, module.layer_names)
+    tested = _fit_and_test(ctx, module, task, seed, ft, [snapshot], trackers, resume)
     start_net = {k[len("net."):]: v for k, v in start_state.items() if k.startswith("net.")}
     changed = [k for k, v in module.frozen_state().items() if not torch.equal(start_net[k], v.cpu())]
     metrics = {"test_acc": float(tested["test/acc"]),

@@ -62,6 +62,13 @@ def source_parts(tmp_path_factory) -> dict:
             "classification_encoder": state(classif.net.encoder)}
 
 
+
+def quiet_trainer(root, epochs: int, **options) -> L.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or sanity check, for the module's own tests."""
+    return L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=root, num_sanity_val_steps=0, accelerator="cpu",
+                     **options)
+
 def test_imagenet_encoder_init_loads_the_imagenet_weights_and_leaves_the_decoder_random():
     torch.manual_seed(0)
     module = SegmentationModule(encoder_init="imagenet", **SMALL)
@@ -143,9 +150,7 @@ def test_no_freeze_trains_everything():
 def test_lightning_fit_records_train_loss_and_validation_dice_per_epoch(tmp_path):
     torch.manual_seed(0)
     module = SegmentationModule(lr=5e-3, **SMALL)
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-                        accelerator="cpu")
+    trainer = quiet_trainer(tmp_path, 3)
     train, val = DataLoader(Blobs(16), batch_size=8, shuffle=True), DataLoader(Blobs(8, seed=1), batch_size=8)
     trainer.fit(module, train, val)
     assert [row["epoch"] for row in module.history] == [0, 1, 2]
@@ -201,9 +206,7 @@ def test_a_frozen_encoder_with_train_mode_norms_drifts_although_no_weight_trains
 def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_epoch_budget(tmp_path):
     torch.manual_seed(0)
     module = SegmentationModule(lr=4e-3, schedule="cosine", **SMALL)
-    trainer = L.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-                        accelerator="cpu", limit_train_batches=1, limit_val_batches=1)
+    trainer = quiet_trainer(tmp_path, 4, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(module, DataLoader(Blobs(8), batch_size=8), DataLoader(Blobs(8, seed=1), batch_size=8))
     (scheduler,) = trainer.lr_scheduler_configs
     assert scheduler.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
@@ -214,9 +217,7 @@ def test_per_image_test_dice_agrees_with_the_torchmetrics_average(tmp_path):
     """The per-image Dice the study reports the spread of averages to exactly the logged test Dice."""
     torch.manual_seed(0)
     module = SegmentationModule(lr=5e-3, **SMALL)
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-                        accelerator="cpu")
+    trainer = quiet_trainer(tmp_path, 2)
     data = DataLoader(Blobs(12, seed=2), batch_size=5)
     trainer.fit(module, DataLoader(Blobs(16), batch_size=8), data)
     result = trainer.test(module, data, verbose=False)[0]

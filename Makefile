@@ -20,7 +20,7 @@ STUDIES := segmentation finetune transfer maml
 comma := ,
 SLURM_STUDIES := $(sort $(STUDIES) $(foreach s,$(subst $(comma), ,$(TSUITE_EXTRA_STUDIES)),$(firstword $(subst =, ,$(s)))))
 
-.PHONY: help install test test-slurm test-gpu lint perf report slurm-status clean \
+.PHONY: help install test test-slurm test-gpu lint perf report dashboards slurm-status clean \
         $(addprefix bench-,$(STUDIES)) $(addprefix slurm-,$(SLURM_STUDIES))
 
 help: ## list the targets
@@ -65,6 +65,9 @@ $(addprefix slurm-,$(SLURM_STUDIES)): slurm-%: install
 
 slurm-status: install ## pending / running / finished / failed runs of STUDY
 	$(RUN) status $(STUDY) --profile $(PROFILE) $(ARGS)
+
+dashboards: install ## write results/$(STUDY)/dashboard.json, the W&B dashboard (ARGS='--wandb online' saves it)
+	$(RUN) dashboards $(STUDY) --profile $(PROFILE) $(ARGS)
 
 report: install ## rebuild results/$(STUDY)/report.md from the finished runs
 	$(RUN) report $(STUDY) --profile $(PROFILE) $(ARGS)

@@ -20,7 +20,7 @@ from benchmarks.core.errors import CANNOT_WRITE, UserError, cannot_write, unknow
 from benchmarks.core.quiet import silence_known_noise
 
 USER_ERRORS = (UserError, FileNotFoundError, ValueError, KeyError)
-COMMANDS = ("run", "rerun", "report", "status", "slurm")
+COMMANDS = ("run", "rerun", "report", "status", "slurm", "dashboards")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("study")
     report.add_argument("--stdout", action="store_true", help="print report.md, write nothing (read-only results)")
     _add_run_options(report)
+    dashboards = sub.add_parser("dashboards", help="write the study's W&B dashboard (view spec JSON); "
+                                                   "--wandb online also saves it to W&B")
+    dashboards.add_argument("study")
+    dashboards.add_argument("--entity", default=os.environ.get("WANDB_ENTITY", ""),
+                            help="W&B user or team to save the dashboard to (default $WANDB_ENTITY, else yours)")
+    _add_run_options(dashboards)
     status = sub.add_parser("status", help="count and list runs by status")
     status.add_argument("study")
     _add_run_options(status)
@@ -154,6 +160,13 @@ def dispatch(args: argparse.Namespace) -> int:
             return 0
         published = publish(get_study(args.study), cfg, RunStore(args.study, args.results))
         print(f"report: {published.report}\nfindings: {published.findings_json}")
+        return 0
+    if args.command == "dashboards":
+        from benchmarks.core.dashboards import write_dashboard
+        from benchmarks.core.runstore import RunStore
+
+        write_dashboard(get_study(args.study), cfg, RunStore(args.study, args.results).root, args.entity,
+                        publish=os.environ.get("WANDB_MODE") == "online")
         return 0
     if args.command == "status":
         from benchmarks.core.status import print_status

@@ -21,6 +21,8 @@ import numpy as np
 
 from analysis.files import atomic_write
 
+STEP_KEY = "trainer/global_step"  # the trainer step in W&B (pinned by the suite's logger; dashboards name it)
+
 
 def find_wandb_run(trainer: Any) -> Any | None:
     """The W&B run of the first ``WandbLogger`` among ``trainer.loggers``, or None (also on ranks > 0)."""

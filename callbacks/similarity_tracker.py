@@ -23,7 +23,7 @@ from torch import nn
 from callbacks.errors import CallbackConfigError, check_choice, did_you_mean
 from callbacks.plots import curves_figure, heatmap_figure
 from callbacks.references import Reference, StartReference, as_reference, reference_representations
-from callbacks.run_outputs import RunOutputs
+from callbacks.run_outputs import STEP_KEY, RunOutputs
 from callbacks.snapshot import RepresentationSnapshot, Snapshot
 from similarity import MEASURES, PREPARED_MEASURES, PreparedReference, get_measure, prepare_reference, similarity_matrix
 from similarity import Measure as RegisteredMeasure
@@ -203,7 +203,7 @@ class SimilarityTracker(Callback):
         outputs = self._outputs
         if outputs is None:
             return
-        outputs.log({**logged, "epoch": snapshot.epoch, "trainer/global_step": snapshot.step})
+        outputs.log({**logged, "epoch": snapshot.epoch, STEP_KEY: snapshot.step})
         outputs.json("similarity.json", {"measure": self.measure_name, "references": list(self.references),
                                          "prefix": self.prefix, "rows": self.rows})
         outputs.csv("similarity.csv", self.rows)

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchmarks.core.config import apply_overrides, load_profile
 from benchmarks.core.devices import describe
@@ -38,6 +38,7 @@ class Launch:
     keys: tuple[str, ...] = ()
     jobs: int | str = 1
     runs_per_gpu: int = 1
+    profile: str = ""
 
     @property
     def distributed(self) -> bool:
@@ -98,7 +99,7 @@ def _execute_unlocked(study, run: Run, store: RunStore, launch: Launch) -> dict:
         store.write_run_config(run.key, {**run.record(), "launch": launch_record(launch)})
         store.set_status(run.key, "running")
     ctx = RunContext(run=run, store=store, devices=launch.devices, num_nodes=launch.num_nodes,
-                     accelerator=launch.accelerator, strategy=launch.strategy)
+                     accelerator=launch.accelerator, strategy=launch.strategy, profile=launch.profile)
     start = time.time()
     try:
         metrics = study.execute(run, ctx)
@@ -157,6 +158,7 @@ def run_benchmark(study_name: str, cfg: dict, launch: Launch) -> int:
     """Run every unfinished run of the plan, then write the report. Returns a process exit code."""
     study = get_study(study_name)
     store = RunStore(study_name, launch.results)
+    launch = replace(launch, profile=str(cfg.get("profile", "")))
     plan = study.plan(cfg)
     runs = select_runs(plan, launch, study_name)
     todo = [r for r in runs if not store.is_finished(r.key)]

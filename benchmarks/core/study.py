@@ -91,6 +91,7 @@ class RunContext:
     num_nodes: int = 1
     accelerator: str = "cpu"
     strategy: str = "auto"
+    profile: str = ""
     _loggers: list | None = field(default=None, repr=False)
 
     @property
@@ -112,7 +113,8 @@ class RunContext:
 
         if self._loggers is None:
             self._loggers = make_loggers(self.run.study, self.run.stage, self.run.key, self.run.name,
-                                         dict(self.run.config), dict(self.run.params), self.run_dir)
+                                         dict(self.run.config), dict(self.run.params), self.run_dir,
+                                         profile=self.profile)
         return self._loggers
 
     def trainer(self, max_epochs: int | None = None, callbacks: list | None = None, checkpoint: bool = True,
@@ -220,3 +222,10 @@ class Study(ABC):
     def summary_lines(self, results, findings: list) -> list[str]:
         """A compact table for the terminal at the end of a benchmark (default: none)."""
         return []
+
+    def dashboard(self, cfg: dict):
+        """The study's W&B dashboard (``benchmarks.core.dashboards.Dashboard``) for a resolved config."""
+        from benchmarks.core.errors import UserError
+
+        raise UserError(f"study {self.name!r} defines no W&B dashboard",
+                        "define Study.dashboard(cfg), as the studies under benchmarks/studies/ do")

@@ -74,6 +74,32 @@ class EpochCheckpoint(ModelCheckpoint):
         if done % self.every == 0 or (trainer.max_epochs is not None and done >= trainer.max_epochs):
             super().on_train_epoch_end(trainer, pl_module)
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if trainer.max_steps != -1:
+            as_next_epoch_start(checkpoint)
+
+
+def as_next_epoch_start(checkpoint: dict) -> None:
+    """Make a checkpoint saved in ``on_train_epoch_end`` of step-bounded training (``max_steps``) resume at the
+    start of the next epoch, as epoch-bounded training does.
+
+    Lightning restores such a checkpoint as "restarting" inside the finished epoch; its epoch loop then waits for a
+    validation that the epoch did not run (``check_val_every_n_epoch`` > 1) and trains one batch past the epoch's
+    end, so the resumed run drifts from the uninterrupted one. Marking the epoch completed and the batch counters
+    of the next epoch at zero is exactly the state between two epochs."""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop:
+        return
+    epochs = loop["epoch_progress"]
+    if epochs["total"]["processed"] != epochs["total"]["completed"] + 1:
+        return  # not saved between the end of an epoch's batches and the epoch's completion
+    for part in ("total", "current"):
+        epochs[part]["completed"] = epochs[part]["processed"]
+    batches = loop["epoch_loop.batch_progress"]
+    batches["current"] = {key: 0 for key in batches["current"]}
+    batches["is_last_batch"] = False
+
 
 def epoch_checkpoint(directory: Path, every: int = 1) -> ModelCheckpoint:
     """``<directory>/last.ckpt`` after every ``every``-th training epoch and the last, also when validation runs

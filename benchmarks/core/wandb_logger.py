@@ -20,6 +20,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from benchmarks.core.config import flatten
 from benchmarks.core.errors import UserError
+from callbacks.run_outputs import STEP_KEY
 
 
 def wandb_run_id(study: str, key: str) -> str:
@@ -61,12 +62,14 @@ def check_online_logging(timeout: float = 5.0) -> None:
 
 
 def make_loggers(study: str, stage: str, key: str, name: str, config: dict, params: dict,
-                 run_dir: Path) -> list[Logger]:
-    """Loggers for one run; the W&B files land in ``<run_dir>/wandb/``."""
+                 run_dir: Path, profile: str = "") -> list[Logger]:
+    """Loggers for one run; the W&B files land in ``<run_dir>/wandb/``. ``profile`` goes into the W&B config
+    so that a dashboard can show one profile's runs."""
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")
     mode = wandb_mode()
-    flat = {**flatten(config), **{f"params.{k}": v for k, v in params.items()}, "run_key": key}
+    flat = {**flatten(config), **{f"params.{k}": v for k, v in params.items()}, "run_key": key,
+            "profile": profile}
     wandb_logger = ContinuingWandbLogger(
         project=f"transfer-suite-{study}",
         name=name,
@@ -87,12 +90,14 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
 
 
 class ContinuingWandbLogger(WandbLogger):
-    """A WandbLogger whose resumed run continues the step count of its earlier parts.
+    """A WandbLogger whose resumed run continues the step count of its earlier parts, with its step key pinned.
 
     Offline, every process that resumes a run writes a new ``offline-run-*`` directory with the same run id,
     and wandb's ``_step`` would start again at 0 (on upload, rows with a step already seen are dropped).
     The first use of the experiment moves the step past the last one logged by the earlier parts, so that
     ``wandb sync`` of all parts (it uploads parts of one run in order of start time) gives one history.
+    The trainer step is logged as ``STEP_KEY`` whatever key Lightning's logger uses, since the dashboards
+    name it.
     """
 
     @property
@@ -101,10 +106,16 @@ class ContinuingWandbLogger(WandbLogger):
         run = super().experiment
         if not getattr(self, "_continued", False):
             self._continued = True
+            run.define_metric(STEP_KEY)
+            run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
             last = last_logged_step(Path(self.save_dir or "."), run.id, exclude=Path(run.dir).parent)
             if last is not None:
                 run.log({}, step=last + 1, commit=False)
         return run
+
+
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        super().log_metrics({**metrics, STEP_KEY: step} if step is not None else metrics)  # rank 0 only, as super
 
 
 def last_logged_step(run_dir: Path, run_id: str, exclude: Path | None = None) -> int | None:

@@ -1,21 +1,20 @@
-"""Read an offline W&B run (``run-<id>.wandb``) back: history, summary, config, metric definitions.
+"""Read an offline W&B run back (history, summary, config, metric definitions) with wandb's own reader.
 
-wandb 0.31 ships no reader. The file is leveldb-log framed: a 7-byte header (b":W&B", magic 0xBEE1,
-version 0), then 32 KiB blocks of records, each with a 7-byte header (crc32, length, type FULL/FIRST/
-MIDDLE/LAST), zero padding when fewer than 7 bytes remain in a block. Each payload is a
-``wandb_internal_pb2.Record``. Used by the tests to prove what reached W&B.
+``wandb leet inspect --json <run dir>`` (wandb >= 0.31) prints every record of a run's ``.wandb``
+transaction log as one JSON object per line; this module only groups those records. Nested keys come
+back as wandb flattens them (``<key>.<field>``, e.g. ``interp/plot._type``). Used by the tests to prove
+what reached W&B, and by the logger to continue a resumed run's step count.
 """
 
 from __future__ import annotations
 
 import json
-import struct
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-BLOCK = 32 * 1024
-HEADER = 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 @dataclass
@@ -33,99 +32,80 @@ class OfflineRun:
         """All logged values of one history key, in order."""
         return [row[key] for row in self.history if key in row]
 
-
-def _payloads(data: bytes):
-    if data[:4] != b":W&B":
-        raise ValueError("not a W&B offline run file (missing ':W&B' header)")
-    pos, pending = HEADER, b""
-    while pos + HEADER <= len(data):
-        left_in_block = BLOCK - (pos % BLOCK)
-        if left_in_block < HEADER:
-            pos += left_in_block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
-        if kind == 0 and length == 0:
-            pos += left_in_block
-            continue
-        chunk = data[pos + HEADER : pos + HEADER + length]
-        pos += HEADER + length
-        if kind == FULL:
-            yield chunk
-        elif kind == FIRST:
-            pending = chunk
-        elif kind == MIDDLE:
-            pending += chunk
-        elif kind == LAST:
-            yield pending + chunk
-            pending = b""
+    def keys(self) -> set[str]:
+        """Every metric key this run logged to its history (wandb's own ``_``-keys left out)."""
+        return {key for row in self.history for key in row if not key.startswith("_")}
 
 
-def _unflatten_config(items) -> dict:
-    config: dict = {}
-    for item in items:
-        key = item.key or "/".join(item.nested_key)
-        value = json.loads(item.value_json)
-        if isinstance(value, dict) and set(value) == {"value", "desc"}:
-            value = value["value"]
-        config[key] = value
-    return config
+def wandb_cli() -> str:
+    """The ``wandb`` command of the running interpreter's environment."""
+    return os.path.join(os.path.dirname(sys.executable), "wandb")
+
+
+def _leet(*args: str) -> str:
+    path = Path(args[-1])
+    if path.is_dir() and not any(path.glob("run-*.wandb")):
+        raise FileNotFoundError(f"no run-*.wandb file in {path}; is this an offline W&B run directory?")
+    out = subprocess.run([wandb_cli(), "leet", "inspect", *args], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"`wandb leet inspect {' '.join(args)}` failed ({out.returncode}): {out.stderr.strip()}")
+    return out.stdout
+
+
+def leet_records(path: str | Path) -> list[dict]:
+    """Every record of one offline run (its directory or ``.wandb`` file), as ``wandb leet`` prints them."""
+    return [json.loads(line) for line in _leet("--json", str(path)).splitlines() if line.startswith("{")]
+
+
+def leet_summary(path: str | Path) -> dict:
+    """The run's state, name, config and latest values, as ``wandb leet inspect --summary --json`` prints them."""
+    return json.loads(_leet("--summary", "--json", str(path)))
 
 
 def read_offline_run(path: str | Path, wait: float = 30.0) -> OfflineRun:
-    """Parse an offline run directory (``offline-run-*``) or its ``run-<id>.wandb`` file.
+    """Read an offline run directory (``offline-run-*``) or its ``run-<id>.wandb`` file.
 
     ``wandb.finish()`` can return before wandb-core has flushed the file: wait up to ``wait`` seconds
     for the run's final "exit" record before reading (a crashed run has none; it is read as it is).
     """
-    import time
-
     deadline = time.time() + wait
     while True:
-        run, finished = _read_once(path)
+        records = leet_records(path)
+        finished = any(r.get("type") == "exit" for r in records)
         if finished or time.time() >= deadline:
-            return run
+            return _group(records, Path(path))
         time.sleep(0.2)
 
 
-def _read_once(path: str | Path) -> tuple[OfflineRun, bool]:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("run-*.wandb"))
-        if not files:
-            raise FileNotFoundError(f"no run-*.wandb file in {path}; is this an offline W&B run directory?")
-        path = files[0]
-    run = OfflineRun(run_id=path.stem.removeprefix("run-"))
-    finished = False
-    for payload in _payloads(path.read_bytes()):
-        record = pb.Record()
-        try:
-            record.ParseFromString(payload)
-        except Exception:  # noqa: BLE001 - a record still being written: stop here
-            break
-        kind = record.WhichOneof("record_type")
+def _group(records: list[dict], path: Path) -> OfflineRun:
+    stem = next(path.glob("run-*.wandb")).stem if path.is_dir() else path.stem
+    run = OfflineRun(run_id=stem.removeprefix("run-"))
+    for record in records:
+        kind = record.get("type")
+        body = record.get(kind) or {}
         if kind == "history":
-            run.history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                for i in record.history.item})
+            run.history.append(dict(body.get("item", {})))
         elif kind == "summary":
-            for item in record.summary.update:
-                run.summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+            run.summary.update(body.get("update", {}))
         elif kind == "run":
-            run.config.update(_unflatten_config(record.run.config.update))
-            run.group, run.job_type, run.name = record.run.run_group, record.run.job_type, record.run.display_name
+            run.config.update(_config(body.get("config", {}).get("update", {})))
+            run.group, run.job_type, run.name = body.get("run_group", ""), body.get("job_type", ""), \
+                body.get("display_name", "")
         elif kind == "config":
-            run.config.update(_unflatten_config(record.config.update))
-        elif kind == "exit":
-            finished = True
+            run.config.update(_config(body.get("update", {})))
         elif kind == "metric":
-            run.metric_definitions.append({"name": record.metric.name or record.metric.glob_name,
-                                           "step_metric": record.metric.step_metric})
-    for row in run.history:  # offline 0.31 writes no wandb-summary.json: last value wins
+            run.metric_definitions.append({"name": body.get("name") or body.get("glob_name", ""),
+                                           "step_metric": body.get("step_metric", "")})
+    for row in reversed(run.history):  # a run cut short has no summary for its last rows: the last value wins
         for key, value in row.items():
             if not key.startswith("_"):
                 run.summary.setdefault(key, value)
-    return run, finished
+    return run
+
+
+def _config(update: dict) -> dict:
+    return {key: value["value"] if isinstance(value, dict) and set(value) == {"value", "desc"} else value
+            for key, value in update.items() if key != "_wandb"}
 
 
 def find_offline_runs(wandb_dir: str | Path) -> list[Path]:

@@ -10,7 +10,8 @@ PROFILE=smoke``):
 - every finding id in findings.json can be made to hold and to fail with fabricated runs;
 - a run interrupted (Ctrl-C) after a checkpoint resumes to exactly the uninterrupted run's metrics.json: a
   subclass names the run with ``resume_stage`` (a stage whose runs need no other run) and ``resume_overrides``
-  (``--set`` values under which that run trains several checkpointed epochs of the smoke profile).
+  (``--set`` values under which that run trains several checkpointed epochs of the smoke profile);
+- ``make dashboards`` writes the golden W&B view spec, and every panel finds its keys in the smoke runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.core.dashboards import IMPLICIT_X, line_panels, view_spec
 from benchmarks.core.pipeline import decide, publish
 from benchmarks.core.registry import get_study
 from benchmarks.core.results import PlanResults
@@ -33,8 +35,11 @@ from benchmarks.core.runner import resolve_config
 from benchmarks.core.runstore import RunStore
 from benchmarks.core.stats import VERDICTS
 from benchmarks.core.study import Run
+from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
+from tests.benchmarks.dashboard_keys import dashboard_problems
 
 REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "dashboards"
 
 
 def run_make(study: str, results: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -148,7 +153,32 @@ class StudyTester:
         assert not missing, f"findings without a flip test: {missing}"
         assert not wrong, "\n".join(wrong)
 
+    # -- the W&B dashboard ------------------------------------------------------------------------------
+    def test_make_dashboards_writes_the_golden_view_spec_offline(self, tmp_path):
+        """``make dashboards STUDY=<study>`` (tiny profile, no login, no network) writes a view spec that loads
+        back, names the x-axis of every line panel, and equals the golden file in tests/benchmarks/dashboards/
+        (after a deliberate change: TSUITE_UPDATE_GOLDEN=1 rewrites it; review the diff)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+        done = subprocess.run(["make", "-s", "-C", str(REPO), "dashboards", f"STUDY={self.study_name}",
+                               f"ARGS=--results {tmp_path}"], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "to publish it" in done.stdout and "--wandb online" in done.stdout
+        spec = json.loads((tmp_path / self.study_name / "dashboard.json").read_text())
+        assert spec == view_spec(self.study.dashboard(resolve_config(self.study_name, "tiny", [])), "tiny")
+        assert all(p["config"]["xAxis"] not in IMPLICIT_X for p in line_panels(spec)) and line_panels(spec)
+        golden = GOLDEN / f"{self.study_name}.tiny.json"
+        if os.environ.get("TSUITE_UPDATE_GOLDEN"):
+            golden.write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+        assert spec == json.loads(golden.read_text()), f"{golden} differs: a panel changed (see the docstring)"
 
+    def test_every_dashboard_panel_finds_its_keys_in_the_smoke_runs(self, smoke):
+        """Each panel's keys exist in the offline W&B runs of the smoke profile (read with wandb's own reader),
+        each line's x-axis increasing within a run: a change to what a study logs that breaks a panel fails."""
+        _, results = smoke
+        runs = [read_offline_run(part) for part in find_offline_runs(results / self.study_name)]
+        assert runs and all(r.config.get("profile") == "smoke" for r in runs)
+        problems = dashboard_problems(self.study.dashboard(self.smoke_cfg()), runs)
+        assert not problems, "\n".join(problems)
 
     def test_a_run_interrupted_at_a_checkpoint_resumes_to_the_uninterrupted_metrics(self, tmp_path):
         """Ctrl-C once the run has a checkpoint, then the same command: metrics.json equals the uninterrupted

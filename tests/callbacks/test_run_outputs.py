@@ -123,13 +123,13 @@ def test_everything_the_callbacks_log_reaches_the_offline_wandb_run_and_the_run_
     assert all(run.summary[key] == value for key, value in recorder.summary.items())
     # tables: the same rows in W&B's table file; images: the same PNG bytes as the run directory's file
     for key, rows in recorder.tables.items():
-        logged = [h for h in run.history if h.get(f"{key}/_type") == "table-file"][-1]
-        table = json.loads((run_files / logged[f"{key}/path"]).read_text())
+        logged = [h for h in run.history if h.get(f"{key}._type") == "table-file"][-1]
+        table = json.loads((run_files / logged[f"{key}.path"]).read_text())
         assert [dict(zip(table["columns"], values)) for values in table["data"]] == rows, key
     assert len(recorder.figures) == 6  # 2 heatmaps + 2 curve plots + interpolation + criticality
     for key, path in recorder.figures:
-        logged = [h for h in run.history if h.get(f"{key}/_type") == "image-file"][-1]
-        assert (run_files / logged[f"{key}/path"]).read_bytes() == path.read_bytes(), key
+        logged = [h for h in run.history if h.get(f"{key}._type") == "image-file"][-1]
+        assert (run_files / logged[f"{key}.path"]).read_bytes() == path.read_bytes(), key
         assert path.parent == tmp_path
 
     # run directory: every number sent to W&B is also in a JSON file there; snapshots match the manifest

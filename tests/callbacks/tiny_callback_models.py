@@ -94,18 +94,12 @@ def make_trainer(root: Path, callbacks: list, *, epochs: int = 2, logger=None, *
     return Trainer(**options)
 
 
-def _complete(run_file: Path) -> bool:
-    """True once the offline run file ends with W&B's "exit" record."""
-    from wandb.proto import wandb_internal_pb2 as pb
+def _complete(run_dir: Path) -> bool:
+    """True once the offline run's log ends with W&B's "exit" record (read with wandb's own reader)."""
+    from benchmarks.core.wandb_reader import leet_records
 
-    from benchmarks.core.wandb_reader import _payloads
-
-    kind = None
-    for payload in _payloads(run_file.read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(payload)
-        kind = record.WhichOneof("record_type")
-    return kind == "exit"
+    records = leet_records(run_dir)
+    return bool(records) and records[-1].get("type") == "exit"
 
 
 def read_wandb(root: Path, timeout: float = 60.0):
@@ -122,7 +116,7 @@ def read_wandb(root: Path, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while True:
         runs = find_offline_runs(root)
-        if len(runs) == 1 and _complete(next(runs[0].glob("run-*.wandb"))):
+        if len(runs) == 1 and _complete(runs[0]):
             return read_offline_run(runs[0])
         if time.monotonic() > deadline:
             raise AssertionError(f"no complete offline W&B run under {root} after {timeout}s: {runs}")
@@ -130,7 +124,7 @@ def read_wandb(root: Path, timeout: float = 60.0):
 
 
 def media_types(run) -> dict[str, str]:
-    """W&B media logged in a run read back: key -> "_type" (the reader flattens media to "<key>/_type")."""
-    return {key.removesuffix("/_type"): value for row in run.history for key, value in row.items()
-            if key.endswith("/_type")}
+    """W&B media logged in a run read back: key -> "_type" (wandb flattens media to "<key>._type")."""
+    return {key.removesuffix("._type"): value for row in run.history for key, value in row.items()
+            if key.endswith("._type")}
 

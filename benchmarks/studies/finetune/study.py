@@ -28,6 +28,11 @@ class FinetuneStudy(Study):
     protocol = "docs/protocols/finetune.md"
     claims = CLAIMS
 
+    def dashboard(self, cfg: dict):
+        from benchmarks.studies.finetune.dashboard import dashboard
+
+        return dashboard(cfg)
+
     def plan(self, cfg: dict) -> list[Run]:
         return plan_runs(self.name, cfg)
 

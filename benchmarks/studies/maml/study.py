@@ -29,6 +29,11 @@ class MAMLStudy(Study):
     protocol = "docs/protocols/maml.md"
     claims = CLAIMS
 
+    def dashboard(self, cfg: dict):
+        from benchmarks.studies.maml.dashboard import dashboard
+
+        return dashboard(cfg)
+
     def shadows(self, cfg: dict) -> dict[str, list[str]]:
         return shadows(cfg)
 

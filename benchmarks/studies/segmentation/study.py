@@ -33,6 +33,11 @@ class SegmentationStudy(Study):
     protocol = PROTOCOL
     claims = CLAIMS
 
+    def dashboard(self, cfg: dict):
+        from benchmarks.studies.segmentation.dashboard import dashboard
+
+        return dashboard(cfg)
+
     def plan(self, cfg: dict) -> list[Run]:
         return _plan.plan(cfg)
 

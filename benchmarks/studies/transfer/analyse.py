@@ -216,6 +216,7 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
     limit = run.config["target"].get("limit_batches")
     metrics: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
+    curves: dict[str, list] = {kind: [] for kind in PAIR_KINDS}
     layers: list[str] = []
     for arm, rate in rates.items():
         metrics[f"lr/{arm}"] = rate
@@ -228,6 +229,7 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
         layers = list(result.cka)
         report_interpolation(outputs, result.interpolation, name=f"interp/{kind}/{pair}")
         curve = result.interpolation
+        curves[kind].append(curve)
         metrics[f"loss_barrier/{kind}/{pair}"] = float(curve.loss_barrier)
         metrics[f"error_barrier/{kind}/{pair}"] = float(curve.error_barrier)
         metrics[f"min_acc/{kind}/{pair}"] = 1.0 - max(curve.error)
@@ -250,6 +252,7 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
                 row[f"cka/{kind}"] = sum(r["cka"] for r in values) / len(values)
                 row[f"l2/{kind}"] = sum(r["l2"] for r in values) / len(values)
         outputs.log(row)
+    log_mean_curves(outputs, curves)
     outputs.table("pairs/per_layer", rows)
     outputs.csv("pairs.csv", rows)
     outputs.figure("cka.png", cka_figure(rows, layers), wandb_key="cka/bars")
@@ -257,6 +260,20 @@ def run_pairs(run: Run, ctx: RunContext) -> dict[str, float]:
     outputs.json("pairs.json", {"bn_recomputed": True, "lambdas": int(analysis["lambdas"]), "lr": rates,
                                 "rows": rows})
     return metrics
+
+
+def log_mean_curves(outputs, curves: dict[str, list]) -> None:
+    """Per pair kind, the interpolation curve averaged over its pairs, against its own lambda axis
+    (``interp_mean/<kind>/lambda``): fixed keys that a dashboard can name, each axis increasing in the run."""
+    for kind, members in curves.items():
+        if not members:
+            continue
+        prefix = f"interp_mean/{kind}"
+        outputs.define_curve(prefix, f"{prefix}/lambda", [f"{prefix}/loss", f"{prefix}/error"])
+        for index, lam in enumerate(members[0].lambdas):
+            outputs.log({f"{prefix}/lambda": float(lam),
+                         f"{prefix}/loss": sum(c.loss[index] for c in members) / len(members),
+                         f"{prefix}/error": sum(c.error[index] for c in members) / len(members)})
 
 
 def run_criticality(run: Run, ctx: RunContext) -> dict[str, float]:

@@ -67,6 +67,11 @@ class TransferStudy(Study):
             return run_criticality(run, ctx)
         raise unknown_name("stage", run.stage, STAGES)
 
+    def dashboard(self, cfg: dict):
+        from benchmarks.studies.transfer.dashboard import dashboard
+
+        return dashboard(cfg)
+
     def shadows(self, cfg: dict) -> dict[str, list[str]]:
         """A source with its own seed list (tiny: sources.imagenet.seeds) ignores --set seeds for its runs."""
         own = [f"sources.{name}.seeds" for name, source in (cfg.get("sources") or {}).items()

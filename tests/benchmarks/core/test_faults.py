@@ -17,7 +17,6 @@ import pytest
 from benchmarks.core import runner
 from benchmarks.core.rerun import rerun
 from benchmarks.core.runstore import RunStore
-from tests.benchmarks.leet import leet_steps
 
 TIMING = ("wall_seconds",)
 
@@ -322,7 +321,7 @@ def test_wandb_online_without_a_key_or_a_network_fails_before_any_training(study
 # --- 6. W&B continuity ----------------------------------------------------------------------------
 
 def test_a_resumed_run_continues_one_wandb_history(study, tmp_path):
-    from benchmarks.core.wandb_reader import find_offline_runs
+    from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
 
     cfg = {"epochs": 4, "seeds": [0], "profile": "test"}
     study.interrupt_at = 1
@@ -331,5 +330,5 @@ def test_a_resumed_run_continues_one_wandb_history(study, tmp_path):
     assert runner.run_benchmark("digits", cfg, _launch(tmp_path)) == 0
     parts = find_offline_runs(RunStore("digits", tmp_path).run_dir(_keys(study, cfg)[0]))
     assert len(parts) == 2  # one offline directory per process, the same run id
-    first, second = (leet_steps(part) for part in sorted(parts))  # read by wandb's own reader
+    first, second = (read_offline_run(part).series("_step") for part in sorted(parts))
     assert first and second and min(second) > max(first)  # steps never restart

@@ -39,8 +39,7 @@ def test_the_findings_reach_wandb_as_a_table_of_a_study_level_run(study, tmp_pat
 
     from benchmarks.core import runner
     from benchmarks.core.runstore import RunStore
-    from benchmarks.core.wandb_reader import find_offline_runs
-    from tests.benchmarks.leet import leet_summary
+    from benchmarks.core.wandb_reader import find_offline_runs, leet_summary
 
     assert runner.run_benchmark("digits", {"epochs": 1, "seeds": [0, 1], "profile": "test"},
                                 runner.Launch(results=str(tmp_path))) == 0

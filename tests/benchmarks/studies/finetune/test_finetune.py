@@ -76,11 +76,11 @@ class TestFinetuneStudy(StudyTester):
         assert curve[0] == pytest.approx(1.0, abs=1e-6)
         assert logged.series("linear_cka/random_init/net.block1")
         assert "train/loss_step" in {k for row in logged.history for k in row}
-        # media arrive as nested keys: <key>/_type, <key>/path, ...
-        assert logged.series("linear_cka/layer_epoch_heatmap/_type") == ["image-file"]
+        # media arrive as nested keys: <key>._type, <key>.path, ...
+        assert logged.series("linear_cka/layer_epoch_heatmap._type") == ["image-file"]
         assert (run["dir"] / "heatmap_linear_cka.png").read_bytes()[:4] == b"\x89PNG"
         for reference in ("start", "random_init"):
-            assert logged.series(f"linear_cka/{reference}/layer_epoch_table/_type") == ["table-file"]
+            assert logged.series(f"linear_cka/{reference}/layer_epoch_table._type") == ["table-file"]
         rows = json.loads((run["dir"] / "similarity_linear_cka" / "similarity.json").read_text())["rows"]
         assert {r["reference"] for r in rows} == {"start", "random_init"}
 

@@ -23,6 +23,15 @@ from benchmarks.core.errors import UserError
 from callbacks.run_outputs import STEP_KEY
 
 
+FLUSH_SECONDS = 1.0  # the offline .wandb file is written at least this often (wandb's default is 15 s): a kill -9
+# loses at most this much history, the CSV copy flushes each epoch
+
+
+def settings() -> wandb.Settings:
+    """The W&B settings of every run of the suite: quiet, no console capture, history on disk within a second."""
+    return wandb.Settings(console="off", silent=True, x_transaction_log_flush_interval=FLUSH_SECONDS)
+
+
 def wandb_run_id(study: str, key: str) -> str:
     """A W&B-safe id (<= 64 chars, [a-z0-9-]) that is a pure function of the run key."""
     return f"{study[:12]}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
@@ -81,7 +90,7 @@ def make_loggers(study: str, stage: str, key: str, name: str, config: dict, para
         resume="allow",
         config=flat,
         log_model=False,
-        settings=wandb.Settings(console="off", silent=True),
+        settings=settings(),
     )
     # Lightning always passes wandb's deprecated ``anonymous`` setting, which then warns on every run.
     wandb_logger._wandb_init.pop("anonymous", None)
@@ -167,7 +176,7 @@ def log_findings(study: str, profile: str, findings: list, root: Path) -> str:
     run = wandb.init(project=f"transfer-suite-{study}", id=run_id, name=f"findings ({profile})", group=study,
                      job_type="findings", dir=str(root), mode="online" if wandb_mode() == "online" else "offline",
                      resume="allow", config={"profile": profile}, reinit="create_new",
-                     settings=wandb.Settings(console="off", silent=True))
+                     settings=settings())
     try:
         run.log({"findings": wandb.Table(columns=list(FINDINGS_COLUMNS), data=rows),
                  **{f"finding/{f.id}/holds": float(f.verdict == "holds") for f in findings}})

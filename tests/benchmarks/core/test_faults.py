@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -332,3 +333,47 @@ def test_a_resumed_run_continues_one_wandb_history(study, tmp_path):
     assert len(parts) == 2  # one offline directory per process, the same run id
     first, second = (read_offline_run(part).series("_step") for part in sorted(parts))
     assert first and second and min(second) > max(first)  # steps never restart
+
+
+def test_kill_9_of_a_run_and_its_wandb_service_loses_no_epoch_the_csv_has(tmp_path):
+    """``kill -9`` of the whole process group, wandb-core included: every epoch in the run's CSV is in its
+    offline W&B history too (read with wandb's own reader), since wandb-core writes each record as it gets it."""
+    import signal
+    import time
+
+    import yaml
+
+    from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
+    from tests.benchmarks.digits_study import REGISTRATION, DigitsStudy
+
+    repo = Path(__file__).resolve().parents[3]
+    cfg = {"epochs": 30, "seeds": [0], "epoch_delay": 0.5, "profile": "test"}
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "TSUITE_EXTRA_STUDIES": REGISTRATION, "PYTHONPATH": str(repo)}
+    job = subprocess.Popen([sys.executable, "-m", "benchmarks", "digits", "--config", str(config), "--results",
+                            str(tmp_path), "--jobs", "1"], env=env, cwd=repo, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = RunStore("digits", tmp_path).run_dir(_keys(DigitsStudy(), cfg)[0])
+    csv_file = run_dir / "csv" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None and _csv_epochs(csv_file) < 3:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the epoch's rows reach wandb-core (a socket away) within moments
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    csv_epochs = _csv_epochs(csv_file)
+    assert 3 <= csv_epochs < cfg["epochs"], "the run was not killed mid-training"
+    (part,) = find_offline_runs(run_dir)
+    logged = read_offline_run(part, wait=0)
+    assert len(logged.series("train/loss")) >= csv_epochs
+
+
+def _csv_epochs(path: Path) -> int:
+    """Epochs with a train/loss row in a run's CSV log."""
+    import csv
+
+    if not path.exists():
+        return 0
+    with path.open(newline="") as file:
+        return sum(1 for row in csv.DictReader(file) if row.get("train/loss"))

@@ -22,7 +22,6 @@ from benchmarks.core.config import flatten
 from benchmarks.core.errors import UserError
 from callbacks.run_outputs import STEP_KEY
 
-
 FLUSH_SECONDS = 1.0  # the offline .wandb file is written at least this often (wandb's default is 15 s): a kill -9
 # loses at most this much history, the CSV copy flushes each epoch
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -72,11 +71,9 @@ def report_criticality(outputs: RunOutputs, result: CriticalityResult, name: str
     step_key = f"{name}/module_index"
     outputs.define_curve(name, step_key, [f"{name}/criticality"])
     for index, (module, m) in enumerate(result.modules.items()):
-        row: dict[str, Any] = {step_key: index}
-        if math.isfinite(m.criticality):
-            row[f"{name}/criticality"] = m.criticality
-        outputs.log(row)
-        outputs.summary({f"{name}/{module}": m.criticality if math.isfinite(m.criticality) else None})
+        finite = math.isfinite(m.criticality)  # infinite: no alpha, sigma meets the bound; logged as null
+        outputs.log({step_key: index, f"{name}/criticality": m.criticality if finite else None})
+        outputs.summary({f"{name}/{module}": m.criticality if finite else None})
     summary_rows = [{"module": mod, "criticality": m.criticality, "alpha": m.argmin[0] if m.argmin else None,
                      "sigma": m.argmin[1] if m.argmin else None, "distance_sq": m.distance_sq}
                     for mod, m in result.modules.items()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     silence_known_noise()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a job started with `&` from a script inherits SIGINT ignored; `kill -INT` must still interrupt gracefully
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if getattr(args, "wandb", None):
         os.environ["WANDB_MODE"] = args.wandb
     try:

@@ -61,12 +61,25 @@ def check_online_logging(timeout: float = 5.0) -> None:
     if not key:
         raise UserError(f"--wandb online (WANDB_MODE=online) but no W&B API key for {host} is set up",
                         f"run `wandb login` or set WANDB_API_KEY, or {offline}")
+    problem = api_key_problem(key)
+    if problem:
+        raise UserError(f"--wandb online but the W&B API key for {host} is malformed ({problem})",
+                        f"run `wandb login` again or correct WANDB_API_KEY, or {offline}")
     port = urlparse(url).port or (443 if url.startswith("https") else 80)
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
         raise UserError(f"--wandb online but {host}:{port} cannot be reached ({err})",
                         f"check the network or WANDB_BASE_URL, or {offline}") from None
+
+
+def api_key_problem(key: str) -> str | None:
+    """What wandb's own format check finds wrong with an API key (None: well-formed)."""
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+    except ImportError:  # another wandb layout: wandb itself will say so at login
+        return None
+    return check_api_key(key)
 
 
 def make_loggers(study: str, stage: str, key: str, name: str, config: dict, params: dict,

@@ -299,6 +299,7 @@ def test_a_full_disk_during_a_run_is_one_paragraph_and_the_run_resumes_later(stu
 
 @pytest.mark.parametrize("setup, message", [
     ({"WANDB_API_KEY": ""}, "no W&B API key"),
+    ({"WANDB_API_KEY": "x"}, "API key for api.wandb.ai is malformed (API key must have 40+ characters"),
     ({"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}, "cannot be reached"),
 ])
 def test_wandb_online_without_a_key_or_a_network_fails_before_any_training(study, tmp_path, monkeypatch, capsys,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.core.errors import UserError
-from benchmarks.core.wandb_logger import STEP_KEY
 
 EPOCH = "epoch"
 IMPLICIT_X = {None, "", "Step", "_step"}  # wandb's default axis: the panel would not say what x is
@@ -94,26 +93,6 @@ class Dashboard:
                                                  tuple(f"params.{p}" for p in self.group_by), self.outcome),))
         return (findings, *self.sections, overview)
 
-    def panel_keys(self) -> dict[str, set[str]]:
-        """Panel title -> the logged keys it reads (history or summary; ``params.*`` are config keys)."""
-        keys: dict[str, set[str]] = {}
-        for section in self.all_sections():
-            for panel in section.panels:
-                keys[panel.title] = {k for k in _reads(panel) if not k.startswith("params.")}
-        return keys
-
-
-def _reads(panel) -> tuple[str, ...]:
-    if isinstance(panel, Line):
-        return (panel.x, *panel.y)
-    if isinstance(panel, Scatter):
-        return (panel.x, panel.y)
-    if isinstance(panel, Media):
-        return panel.keys
-    if isinstance(panel, Table):
-        return (panel.key,)
-    return (*panel.params, panel.outcome)
-
 
 def workspace(dashboard: Dashboard, profile: str, entity: str = "", project: str = ""):
     """The W&B workspace of one study and profile (``wandb_workspaces.workspaces.Workspace``)."""
@@ -165,10 +144,10 @@ def view_spec(dashboard: Dashboard, profile: str, entity: str = "", project: str
     spec = built._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
     back = Workspace._from_model(internal.View.model_validate(spec))
     if back._to_model().model_dump(by_alias=True, exclude_none=True, mode="json") != spec:
-        raise AssertionError(f"the {dashboard.study} dashboard does not round-trip through its view spec")
+        raise RuntimeError(f"the {dashboard.study} dashboard does not round-trip through its view spec")
     for panel in line_panels(spec):
         if panel["config"].get("xAxis") in IMPLICIT_X:
-            raise AssertionError(f"line panel {panel['config'].get('chartTitle')!r} has no explicit x-axis")
+            raise RuntimeError(f"line panel {panel['config'].get('chartTitle')!r} has no explicit x-axis")
     return spec
 
 
@@ -210,5 +189,5 @@ def _publish(dashboard: Dashboard, profile: str, entity: str) -> None:
     print(f"dashboard saved to W&B: {saved.url}")
 
 
-__all__ = ["Dashboard", "Section", "Line", "Scatter", "Media", "Table", "Parallel", "EPOCH", "STEP_KEY",
+__all__ = ["Dashboard", "Section", "Line", "Scatter", "Media", "Table", "Parallel", "EPOCH",
            "view_spec", "write_dashboard", "workspace", "line_panels"]

@@ -12,7 +12,11 @@ STAMP="$VENV/.setup-stamp"
 WANT=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)
 
 step() { printf '  setup · %s\n' "$*"; }
-fail() { echo "setup failed during: $*. See $LOG for the full output." >&2; exit 1; }
+fail() {
+  echo "setup failed during: $*. The last lines of $LOG:" >&2
+  tail -n 15 "$LOG" | sed 's/^/    /' >&2
+  exit 1
+}
 
 # Debian data packages (fonts for glyphs, textures, Fashion-MNIST).
 DEB_PACKAGES="dataset-fashion-mnist fonts-noto-core fonts-unifont fonts-freefont-ttf fonts-dejavu-core gimp-data gimp-data-extras"
@@ -30,6 +34,17 @@ fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
+fi
+
+# torch 2.14.1 with its CUDA libraries takes about 5.5 GB in the venv: check the disk before pip does.
+NEED_GB=${SETUP_NEED_GB:-7}  # overridable for the test of this check
+mkdir -p "$(dirname "$VENV")"
+free_gb=$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print int($4 / 1048576)}')
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1 && [ "${free_gb:-0}" -lt "$NEED_GB" ]; then
+  echo "setup cannot install torch: the virtualenv $VENV needs about $NEED_GB GB of free disk and" \
+       "only ${free_gb} GB is free on $(df -P "$(dirname "$VENV")" | awk 'NR==2 {print $6}'). Free some space" \
+       "(old clones, results/ of finished studies, ~/.cache/pip) or set VENV=<a path on a larger disk>." >&2
+  exit 1
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -296,9 +296,13 @@ def write_report(results: PlanResults, findings: list) -> Path:
     write_summary(results)
     parts = [header(TITLE, results), _protocol_text(results), findings_section(findings, results, PROTOCOL),
              _paper_vs_here(findings), _trimmed(results.cfg)]
+    widths = [w for w in (_half_width(r["dice"]) for r in rows) if not math.isnan(w)]
+    within = sum(1 for w in widths if w <= CI_GOAL)
     parts += ["## Converged test Dice and IoU per variant", "",
               "Test Dice of the best validation epoch's weights. CI half-width: the 95% CI over seeds; the profile "
-              f"is sized for at most {CI_GOAL:g} (✓). Steps: optimiser steps until the best-so-far validation Dice "
+              f"is sized for at most {CI_GOAL:g} (✓ within, ✗ wider): {within} of {len(widths)} arms within"
+              f"{f', widest {max(widths):.3f}' if widths else ''}. Steps: optimiser steps until the best-so-far "
+              "validation Dice "
               f"reaches {THRESHOLD_SHARE:g} x the best arm's mean converged validation Dice at that fraction "
               "(the threshold column); a run that never does counts as its budget.", "",
               table(["variant", "label fraction", "test Dice mean ± std", "95% CI", "CI half-width",

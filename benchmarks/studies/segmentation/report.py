@@ -22,6 +22,7 @@ from benchmarks.studies.segmentation.protocol import (
     THRESHOLD_SHARE,
     paper_says,
 )
+from datamodules.fashion_mnist import FASHION_MNIST_CLASSES
 
 TITLE = "Segmentation transfer: choose the right encoder, skip the decoder"
 SUMMARY_HEADERS = ["variant", "label_fraction", "dice_mean", "dice_std", "dice_low", "dice_high", "iou_mean",
@@ -274,7 +275,28 @@ def _source_section(sources: list[dict]) -> list[str]:
             f"epoch; plateaued = the best validation loss improved by at most {SOURCE_PLATEAU_TOLERANCE:.0%} of "
             f"itself within the last {SOURCE_PLATEAU_EPOCHS} epochs.", "",
             table(["task", "epochs run", "best epoch", "best val loss", "converged metric",
-                   f"last-{SOURCE_PLATEAU_EPOCHS}-epoch relative gain", "plateaued", "wall (s)"], rows)]
+                   f"last-{SOURCE_PLATEAU_EPOCHS}-epoch relative gain", "plateaued", "wall (s)"], rows),
+            *classification_check(sources)]
+
+
+_OVERFIT = "It fits its training scenes without learning the classes"
+_UNLEARNT = "It did not learn its classes in this budget"
+
+
+def classification_check(sources: list[dict]) -> list[str]:
+    """Whether the classification source learned its classes: its validation accuracy against chance."""
+    run = next((s for s in sources if s["params"]["task"] == "classification"), None)
+    if run is None or "best_val_acc" not in run["metrics"]:
+        return []
+    m = run["metrics"]
+    acc, chance, train = m["best_val_acc"], 1 / len(FASHION_MNIST_CLASSES), m.get("train/acc", math.nan)
+    if acc >= 2 * chance:
+        return ["", f"The classification source is above chance: validation accuracy {acc:.3f}, chance {chance:.2f}."]
+    return ["", f"**The classification source is near chance**: validation accuracy {acc:.3f} at its best "
+                f"(lowest-loss) epoch, chance {chance:.2f}, training accuracy {train:.3f} at its last epoch. "
+                f"{_OVERFIT if train >= 2 * chance else _UNLEARNT}, so the encoder it hands on is weakly trained: "
+                "findings b and c compare against that encoder, not against a well-trained classifier's (see the "
+                "protocol's profile notes)."]
 
 
 def write_summary(results: PlanResults) -> Path:

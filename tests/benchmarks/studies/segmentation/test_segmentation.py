@@ -19,7 +19,7 @@ from benchmarks.core.wandb_reader import find_offline_runs, read_offline_run
 from benchmarks.studies.segmentation.analyse import decoder_effect, speed_effect, steps_to
 from benchmarks.studies.segmentation.plan import variants
 from benchmarks.studies.segmentation.protocol import CLAIMS, DICE_MARGIN, PLATEAU_EPOCHS, variant_name
-from benchmarks.studies.segmentation.report import write_report
+from benchmarks.studies.segmentation.report import classification_check, write_report
 from benchmarks.studies.segmentation.study import SegmentationStudy
 from benchmarks.studies.segmentation.train import plateau_change
 from tests.benchmarks.study_tester import REPO, StudyTester, fabricated, row
@@ -162,6 +162,16 @@ def test_the_plateau_check_is_the_last_epochs_gain_over_the_best_before():
     assert plateau_change([0.5, 0.7, 0.69, 0.7, 0.7, 0.7, 0.7, 0.7], 5) == 0.0  # flat: nothing gained
     assert plateau_change([0.3, 0.2, 0.2, 0.2, 0.2, 0.2], 5, higher_is_better=False) == pytest.approx(0.1)
     assert math.isnan(plateau_change([0.5] * PLATEAU_EPOCHS, PLATEAU_EPOCHS))  # too short to tell
+
+
+@pytest.mark.parametrize(("val_acc", "train_acc", "says"), [
+    (0.11, 0.69, "near chance**: validation accuracy 0.110"),  # over-fits its scenes
+    (0.12, 0.13, "did not learn its classes"),
+    (0.62, 0.80, "above chance: validation accuracy 0.620"),
+])
+def test_the_report_says_whether_the_classification_source_learned_its_classes(val_acc, train_acc, says):
+    source = {"params": {"task": "classification"}, "metrics": {"best_val_acc": val_acc, "train/acc": train_acc}}
+    assert says in "".join(classification_check([source]))
 
 
 # ----------------------------------------------------------------------------------------------- fabricated runs

@@ -102,15 +102,23 @@ def plan_workers(jobs: int | str, accelerator: str, runs: int, run_threads: int 
 
 
 def eta(durations: dict[str, list[float]], remaining: list, workers: int = 1) -> str:
-    """Time left: each remaining run costs the mean of its stage's finished runs (else of all finished runs),
-    shared between ``workers``."""
-    done = [d for stage in durations.values() for d in stage]
-    if not done or not remaining:
+    """Time left: each remaining run costs the mean of its stage's finished runs, shared between ``workers``.
+
+    A stage with no finished run yet is not guessed from another stage (a source run can take ten times a
+    target run): its runs are counted as untimed beside the estimate of the rest."""
+    if not remaining or not any(durations.values()):
         return ""
-    overall = sum(done) / len(done)
-    seconds = sum(sum(durations[r.stage]) / len(durations[r.stage]) if durations.get(r.stage) else overall
-                  for r in remaining) / workers
-    return f" · ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
+    untimed: dict[str, int] = {}
+    seconds, timed = 0.0, 0
+    for run in remaining:
+        if durations.get(run.stage):
+            seconds += sum(durations[run.stage]) / len(durations[run.stage])
+            timed += 1
+        else:
+            untimed[run.stage] = untimed.get(run.stage, 0) + 1
+    seconds /= workers
+    text = f" · ETA {int(seconds // 60)}m{int(seconds % 60):02d}s" if timed else " · ETA unknown"
+    return text + "".join(f" + {n} {stage} run{'s' if n > 1 else ''} not yet timed" for stage, n in untimed.items())
 
 
 @dataclass

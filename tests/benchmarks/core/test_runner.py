@@ -67,5 +67,6 @@ def test_eta_prices_each_remaining_run_at_its_own_stage_mean():
     assert eta({}, [source]) == ""
     assert eta({"source": [100.0, 140.0]}, []) == ""
     assert eta({"source": [100.0, 140.0], "target": [10.0]}, [source, target, target]) == " · ETA 2m20s"
-    # a stage with no finished run yet is priced at the mean of everything finished so far
-    assert eta({"source": [60.0]}, [target, target]) == " · ETA 2m00s"
+    # a stage with no finished run yet is not priced from another stage's runs
+    assert eta({"source": [60.0]}, [source, target, target]) == " · ETA 1m00s + 2 target runs not yet timed"
+    assert eta({"source": [60.0]}, [target]) == " · ETA unknown + 1 target run not yet timed"

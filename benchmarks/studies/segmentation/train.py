@@ -209,6 +209,7 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
     # a task may override the shared learning rate or batch size (e.g. a lower rate where NT-Xent is unstable)
     src = {**cfg["source"], **{k: options.pop(k) for k in TASK_TRAINING_KEYS if k in options}}
     seed = int(src["seed"])
+    threads = set_threads(cfg.get("threads"))  # first: every tensor op of the run uses the same thread count
     L.seed_everything(seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, "source", n_train=src["n_train"], n_val=src["n_val"], n_test=0, label_fraction=1.0,
                          seed=seed, batch_size=src["batch_size"])
@@ -223,7 +224,6 @@ def execute_source(run: Run, ctx: RunContext) -> dict[str, float]:
         module = build_source_module(task, seed=seed, **common, **options)
     else:
         module = build_source_module(task, **common)
-    threads = set_threads(cfg.get("threads"))
     history = ValHistory()
     trainer, best = _trainer(ctx, cfg, src["epochs"], "val/loss", "min", int(src["patience"]), every=1,
                              extra=[history])
@@ -285,6 +285,7 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
     p = {**run.params, **cfg["init"]}
     tgt = cfg["target"]
     seed = int(p["seed"])
+    threads = set_threads(cfg.get("threads"))  # first: every tensor op of the run uses the same thread count
     L.seed_everything(seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, "target", n_train=tgt["n_train"], n_val=tgt["n_val"], n_test=tgt["n_test"],
                          label_fraction=float(p["fraction"]), seed=seed, batch_size=tgt["batch_size"],
@@ -311,7 +312,6 @@ def execute_target(run: Run, ctx: RunContext) -> dict[str, float]:
         before = capture_representations(module, layers, probe, pooling="flatten")
         if global_rank() == 0:
             atomic_save_state(before_file, before)
-    threads = set_threads(cfg.get("threads"))
     trainer, best = _trainer(ctx, cfg, tgt["epochs"], "val/dice", "max", int(tgt["patience"]))
     start = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ctx.resume_path())

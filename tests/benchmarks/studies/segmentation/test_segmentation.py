@@ -131,6 +131,11 @@ def test_the_paper_profile_runs_on_oxford_pet_from_a_data_root(tmp_path, monkeyp
     assert 0.0 <= run["metrics"]["test_dice"] <= 1.0 and run["metrics"]["n_test_images"] == 6
 
 
+def test_the_tiny_profile_pins_the_threads_so_jobs_and_load_cannot_change_its_numbers():
+    # a run's floats depend on its intra-op thread count; "auto" would let JOBS or a busy CPU choose it
+    assert isinstance(resolve_config("segmentation", "tiny", [])["threads"], int)
+
+
 def test_margins_are_fixed_by_the_protocol_not_the_profile():
     """The equivalence margin has a reason and is not a profile setting a run could tune."""
     by_id = {c.id: c for c in CLAIMS}
